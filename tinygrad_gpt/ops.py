@@ -1,0 +1,388 @@
+"""Primitive differentiable Functions: forward and backward on raw arrays (numpy or cupy).
+
+Each backward returns one gradient per input, possibly still broadcast to the output's shape;
+the engine (tensor.py) sums it back to the input's shape. Gradients are never modified in place
+(an array may be shared between several inputs' gradients).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tinygrad_gpt import backend
+from tinygrad_gpt.tensor import Function
+
+xp_of = backend.get_array_module
+
+# ---------------------------------------------------------------- binary arithmetic
+
+
+class Add(Function):
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, gy):
+        return gy, gy
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        return a - b
+
+    def backward(self, gy):
+        return gy, -gy if self.needs_grad[1] else None
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, gy):
+        ga = gy * self.b if self.needs_grad[0] else None
+        gb = gy * self.a if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a / b
+
+    def backward(self, gy):
+        ga = gy / self.b if self.needs_grad[0] else None
+        gb = -gy * self.a / (self.b * self.b) if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Pow(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        self.y = a**b
+        return self.y
+
+    def backward(self, gy):
+        a, b = self.a, self.b
+        ga = gy * b * a ** (b - 1) if self.needs_grad[0] else None
+        # NOTE: d(a**b)/db = a**b log(a) is only defined for a > 0
+        gb = gy * self.y * xp_of(a).log(a) if self.needs_grad[1] else None
+        return ga, gb
+
+
+class Maximum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return xp_of(a).maximum(a, b)
+
+    def backward(self, gy):
+        # NOTE: at ties each input gets half the gradient, as in PyTorch
+        xp = xp_of(gy)
+        share = xp.where(self.a > self.b, 1.0, xp.where(self.a == self.b, 0.5, 0.0)).astype(gy.dtype)
+        return gy * share, gy * (1 - share)
+
+
+class Minimum(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return xp_of(a).minimum(a, b)
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        share = xp.where(self.a < self.b, 1.0, xp.where(self.a == self.b, 0.5, 0.0)).astype(gy.dtype)
+        return gy * share, gy * (1 - share)
+
+
+class MatMul(Function):
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return a @ b
+
+    def backward(self, gy):
+        # treat 1-D operands as (1, n) rows / (n, 1) columns, as NumPy does, then drop that axis
+        xp = xp_of(gy)
+        a, b = self.a, self.b
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        gy2 = gy
+        if a.ndim == 1:
+            gy2 = xp.expand_dims(gy2, -2 if b.ndim > 1 else 0)
+        if b.ndim == 1:
+            gy2 = gy2[..., None]
+        ga = gb = None
+        if self.needs_grad[0]:
+            ga = gy2 @ xp.swapaxes(b2, -1, -2)  # (..., m, n) @ (..., n, k) -> (..., m, k)
+            ga = ga[..., 0, :] if a.ndim == 1 else ga
+        if self.needs_grad[1]:
+            gb = xp.swapaxes(a2, -1, -2) @ gy2  # (..., k, m) @ (..., m, n) -> (..., k, n)
+            gb = gb[..., 0] if b.ndim == 1 else gb
+        return ga, gb
+
+
+# ---------------------------------------------------------------- unary elementwise
+
+
+class Neg(Function):
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class Exp(Function):
+    def forward(self, x):
+        self.y = xp_of(x).exp(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y
+
+
+class Log(Function):
+    def forward(self, x):
+        self.x = x
+        return xp_of(x).log(x)
+
+    def backward(self, gy):
+        return gy / self.x
+
+
+class Sqrt(Function):
+    def forward(self, x):
+        self.y = xp_of(x).sqrt(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy / (2 * self.y)
+
+
+class Tanh(Function):
+    def forward(self, x):
+        self.y = xp_of(x).tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (1 - self.y * self.y)
+
+
+class Sigmoid(Function):
+    def forward(self, x):
+        xp = xp_of(x)
+        # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))
+        self.y = 0.5 * (1 + xp.tanh(0.5 * x))
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y * (1 - self.y)
+
+
+class Relu(Function):
+    def forward(self, x):
+        self.y = xp_of(x).maximum(x, 0)
+        return self.y
+
+    def backward(self, gy):
+        # NOTE: the kink at 0 gets gradient 0, as in PyTorch
+        return gy * (self.y > 0)
+
+
+GELU_C = math.sqrt(2 / math.pi)
+
+
+class Gelu(Function):
+    """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+
+    def forward(self, x):
+        self.x = x
+        self.t = xp_of(x).tanh(GELU_C * (x + 0.044715 * x * x * x))
+        return 0.5 * x * (1 + self.t)
+
+    def backward(self, gy):
+        x, t = self.x, self.t
+        dinner = GELU_C * (1 + 3 * 0.044715 * x * x)
+        return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
+
+
+class Abs(Function):
+    def forward(self, x):
+        self.x = x
+        return xp_of(x).abs(x)
+
+    def backward(self, gy):
+        # NOTE: sign(0) = 0, so the kink at 0 gets gradient 0, as in PyTorch
+        return gy * xp_of(gy).sign(self.x)
+
+
+class Clip(Function):
+    def forward(self, x, lo=None, hi=None):
+        self.x, self.lo, self.hi = x, lo, hi
+        return xp_of(x).clip(x, lo, hi)
+
+    def backward(self, gy):
+        inside = True
+        if self.lo is not None:
+            inside = inside & (self.x >= self.lo)
+        if self.hi is not None:
+            inside = inside & (self.x <= self.hi)
+        return gy * inside
+
+
+class Cast(Function):
+    def forward(self, x, dtype=None):
+        self.in_dtype = x.dtype
+        return x.astype(dtype)
+
+    def backward(self, gy):
+        return gy.astype(self.in_dtype)
+
+
+class ToDevice(Function):
+    def forward(self, x, device=None):
+        self.in_device = backend.device_of(x)
+        return backend.to_device(x, device)
+
+    def backward(self, gy):
+        return backend.to_device(gy, self.in_device)
+
+
+# ---------------------------------------------------------------- reductions
+
+
+class Sum(Function):
+    def forward(self, x, axis=None, keepdims=False):
+        self.in_shape, self.axis, self.keepdims = x.shape, axis, keepdims
+        return x.sum(axis=axis, keepdims=keepdims)
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        if not self.keepdims:
+            gy = xp.expand_dims(gy, self.axis)
+        return xp.broadcast_to(gy, self.in_shape)
+
+
+class Max(Function):
+    def forward(self, x, axis=None, keepdims=False):
+        self.x, self.axis, self.keepdims = x, axis, keepdims
+        self.y = x.max(axis=axis, keepdims=True)
+        return self.y if keepdims else self.y.squeeze(axis)
+
+    def backward(self, gy):
+        # NOTE: ties share the gradient equally, as torch.amax does
+        xp = xp_of(gy)
+        if not self.keepdims:
+            gy = xp.expand_dims(gy, self.axis)
+        is_max = self.x == self.y
+        return gy * is_max / is_max.sum(axis=self.axis, keepdims=True).astype(gy.dtype)
+
+
+# ---------------------------------------------------------------- shape
+
+
+class Reshape(Function):
+    def forward(self, x, shape=None):
+        self.in_shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, gy):
+        return gy.reshape(self.in_shape)
+
+
+class Permute(Function):
+    def forward(self, x, axes=None):
+        self.axes = axes
+        return x.transpose(axes)
+
+    def backward(self, gy):
+        inverse = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return gy.transpose(inverse)
+
+
+class Expand(Function):
+    def forward(self, x, shape=None):
+        return xp_of(x).broadcast_to(x, shape)
+
+    def backward(self, gy):
+        return gy  # the engine sums it back to the input's shape
+
+
+class GetItem(Function):
+    def forward(self, x, index=None):
+        self.in_shape, self.index = x.shape, index
+        return x[index]
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        gx = xp.zeros(self.in_shape, dtype=gy.dtype)
+        if _has_int_array(self.index):
+            backend.scatter_add(gx, self.index, gy)  # repeated indices accumulate
+        else:
+            gx[self.index] = gy
+        return gx
+
+
+def _has_int_array(index) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(backend.is_array(p) and p.dtype.kind in "iu" or isinstance(p, list) for p in parts)
+
+
+class Cat(Function):
+    def forward(self, *xs, axis=0):
+        self.axis = axis
+        self.sizes = [x.shape[axis] for x in xs]
+        return xp_of(*xs).concatenate(xs, axis=axis)
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        bounds = list(_cumsum(self.sizes))[:-1]
+        return tuple(xp.split(gy, bounds, axis=self.axis))
+
+
+def _cumsum(sizes):
+    total = 0
+    for s in sizes:
+        total += s
+        yield total
+
+
+class Where(Function):
+    def forward(self, a, b, cond=None):
+        self.cond = cond
+        return xp_of(a).where(cond, a, b)
+
+    def backward(self, gy):
+        zero = gy.dtype.type(0)
+        xp = xp_of(gy)
+        ga = xp.where(self.cond, gy, zero) if self.needs_grad[0] else None
+        gb = xp.where(self.cond, zero, gy) if self.needs_grad[1] else None
+        return ga, gb
+
+
+# ---------------------------------------------------------------- softmax
+
+
+class Softmax(Function):
+    def forward(self, x, axis=-1):
+        xp = xp_of(x)
+        self.axis = axis
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))  # subtracting the max keeps exp finite
+        self.y = e / e.sum(axis=axis, keepdims=True)
+        return self.y
+
+    def backward(self, gy):
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    def forward(self, x, axis=-1):
+        xp = xp_of(x)
+        self.axis = axis
+        shifted = x - x.max(axis=axis, keepdims=True)
+        self.y = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+        return self.y
+
+    def backward(self, gy):
+        xp = xp_of(gy)
+        return gy - xp.exp(self.y) * gy.sum(axis=self.axis, keepdims=True)
