@@ -1,0 +1,308 @@
+"""Fused, stateless building blocks of a GPT: each is one primitive Function with a hand-written backward.
+
+Fusing (linear, layer_norm, softmax-cross-entropy, attention) keeps the graph small and lets
+backward reuse what forward computed, which is where most of a NumPy framework's time goes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+from tinygrad_gpt import backend, ops
+from tinygrad_gpt.tensor import Function, Tensor, _raw
+
+# ---------------------------------------------------------------- linear
+
+
+class Linear(Function):
+    """y = x @ W + b as one GEMM on the 2-D view of x, with the bias folded in."""
+
+    def forward(self, x, W, b=None):
+        self.in_shape = x.shape
+        self.x2, self.W = x.reshape(-1, x.shape[-1]), W  # (N, in)
+        y = self.x2 @ W  # (N, in) @ (in, out) -> (N, out)
+        if b is not None:
+            y += b
+        return y.reshape(*x.shape[:-1], W.shape[1])
+
+    def backward(self, gy):
+        gy2 = gy.reshape(-1, gy.shape[-1])  # (N, out)
+        gx = (gy2 @ self.W.T).reshape(self.in_shape) if self.needs_grad[0] else None
+        gW = self.x2.T @ gy2 if self.needs_grad[1] else None  # (in, N) @ (N, out) -> (in, out)
+        if len(self.needs_grad) == 2:
+            return gx, gW
+        gb = gy2.sum(axis=0) if self.needs_grad[2] else None
+        return gx, gW, gb
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Affine map in GPT-2's layout.
+
+    Args:
+        x: (..., in); weight: (in, out); bias: (out,) or None.
+    Returns:
+        (..., out)
+    """
+    if x.ndim < 1 or x.shape[-1] != weight.shape[0] or weight.ndim != 2:
+        raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape {weight.shape} (in, out)")
+    if bias is None:
+        return Linear.apply(x, weight)
+    if bias.shape != (weight.shape[1],):
+        raise ValueError(f"linear: bias of shape {bias.shape} does not fit a weight of shape {weight.shape}")
+    return Linear.apply(x, weight, bias)
+
+
+# ---------------------------------------------------------------- embedding
+
+
+class Embedding(Function):
+    """Row lookup; backward adds each output gradient into its token's row."""
+
+    def forward(self, W, idx=None):
+        self.idx, self.n_rows = idx, W.shape[0]
+        return W[idx]  # (..., C)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        idx = self.idx.reshape(-1)
+        gy2 = gy.reshape(-1, gy.shape[-1])  # (N, C)
+        if self.n_rows <= 1024:
+            # a one-hot matmul is one fast GEMM for small vocabularies: (V, N) @ (N, C) -> (V, C)
+            one_hot = xp.arange(self.n_rows, dtype=idx.dtype)[:, None] == idx[None, :]
+            return one_hot.astype(gy.dtype) @ gy2
+        gW = xp.zeros((self.n_rows, gy.shape[-1]), dtype=gy.dtype)
+        backend.scatter_add(gW, idx, gy2)  # repeated tokens accumulate
+        return gW
+
+
+def embedding(idx, weight: Tensor) -> Tensor:
+    """Look up rows of `weight`.
+
+    Args:
+        idx: integer array or Tensor of any shape, values in [0, num_embeddings).
+        weight: (num_embeddings, dim).
+    Returns:
+        idx.shape + (dim,)
+    """
+    idx = backend.asarray(_raw(idx), device=weight.device)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+        raise ValueError(
+            f"embedding: indices must be in [0, {weight.shape[0]}), got min {int(idx.min())} max {int(idx.max())}"
+        )
+    return Embedding.apply(weight, idx=idx)
+
+
+# ---------------------------------------------------------------- layer norm
+
+
+class LayerNorm(Function):
+    """Normalise over the last axis, then scale and shift."""
+
+    def forward(self, x, w, b, eps=1e-5):
+        xp = backend.get_array_module(x)
+        xhat = x - x.mean(axis=-1, keepdims=True)
+        var = (xhat * xhat).mean(axis=-1, keepdims=True)
+        self.rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
+        xhat *= self.rstd
+        self.xhat, self.w = xhat, w
+        return xhat * w + b
+
+    def backward(self, gy):
+        xhat, rstd = self.xhat, self.rstd
+        gy2 = gy.reshape(-1, gy.shape[-1])
+        gw = (gy2 * xhat.reshape(gy2.shape)).sum(axis=0) if self.needs_grad[1] else None
+        gb = gy2.sum(axis=0) if self.needs_grad[2] else None
+        gx = None
+        if self.needs_grad[0]:
+            gxhat = gy * self.w
+            # d/dx of (x - mean) * rstd: remove the mean of gxhat and its projection on xhat
+            proj = (gxhat * xhat).mean(axis=-1, keepdims=True)
+            gx = gxhat - gxhat.mean(axis=-1, keepdims=True)
+            gx -= xhat * proj
+            gx *= rstd
+        return gx, gw, gb
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """Layer normalisation over the last axis.
+
+    Args:
+        x: (..., C); weight, bias: (C,).
+    Returns:
+        (..., C)
+    """
+    if x.ndim < 1 or weight.shape != (x.shape[-1],) or bias.shape != (x.shape[-1],):
+        raise ValueError(
+            f"layer_norm: input of shape {x.shape} needs weight and bias of shape ({x.shape[-1] if x.ndim else '?'},), "
+            f"got {weight.shape} and {bias.shape}"
+        )
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
+# ---------------------------------------------------------------- activations and dropout
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GPT-2's GELU (tanh approximation)."""
+    return ops.Gelu.apply(x)
+
+
+def relu(x: Tensor) -> Tensor:
+    return ops.Relu.apply(x)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return ops.Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return ops.LogSoftmax.apply(x, axis=axis)
+
+
+class Dropout(Function):
+    """Zero each element with probability p and scale the rest by 1 / (1 - p)."""
+
+    def forward(self, x, p=0.5):
+        keep = backend.rand(x.shape, x.dtype, backend.device_of(x)) >= p
+        self.scaled_mask = keep.astype(x.dtype)
+        self.scaled_mask *= 1.0 / (1.0 - p)
+        return x * self.scaled_mask
+
+    def backward(self, gy):
+        return gy * self.scaled_mask
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Dropout with the library's seeded generator (`tinygrad_gpt.manual_seed`); identity when not training."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    return Dropout.apply(x, p=p)
+
+
+# ---------------------------------------------------------------- losses
+
+
+class CrossEntropy(Function):
+    """Mean negative log-likelihood of the targets under softmax(logits), fused and stable."""
+
+    def forward(self, logits, targets=None, ignore_index=-1):
+        xp = backend.get_array_module(logits)
+        x = logits.reshape(-1, logits.shape[-1])  # (N, C)
+        t = targets.reshape(-1)  # (N,)
+        valid = t != ignore_index
+        t = xp.where(valid, t, 0)
+        rows = xp.arange(x.shape[0])
+        shifted = x - x.max(axis=1, keepdims=True)  # subtracting the max keeps exp finite
+        probs = xp.exp(shifted)
+        sum_exp = probs.sum(axis=1, keepdims=True)
+        probs /= sum_exp
+        nll = xp.log(sum_exp[:, 0]) - shifted[rows, t]  # (N,)
+        n_valid = int(valid.sum())
+        self.probs, self.t, self.rows, self.valid, self.n_valid = probs, t, rows, valid, n_valid
+        self.in_shape = logits.shape
+        return (nll * valid).sum() / max(n_valid, 1) if n_valid else xp.asarray(float("nan"), dtype=logits.dtype)
+
+    def backward(self, gy):
+        # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
+        g = self.probs  # reused: the saved softmax is not needed after this
+        g[self.rows, self.t] -= 1
+        g *= (self.valid * (gy / max(self.n_valid, 1)))[:, None].astype(g.dtype)
+        self.probs = None
+        return g.reshape(self.in_shape)
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
+    """Mean cross-entropy over targets that are not `ignore_index`.
+
+    Args:
+        logits: (N, C) or (B, T, C).
+        targets: integers of shape (N,) or (B, T).
+    Returns:
+        a scalar Tensor.
+    """
+    targets = backend.asarray(_raw(targets), device=logits.device)
+    if logits.ndim not in (2, 3) or targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape {logits.shape[:-1]}, "
+                         f"got {tuple(targets.shape)}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
+    n_classes = logits.shape[-1]
+    valid = targets[targets != ignore_index]
+    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
+        raise ValueError(f"cross_entropy: targets must be in [0, {n_classes}) or {ignore_index}, "
+                         f"got min {int(valid.min())} max {int(valid.max())}")
+    return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index)
+
+
+def mse_loss(pred: Tensor, target) -> Tensor:
+    """Mean squared error."""
+    target = target if isinstance(target, Tensor) else Tensor(target, dtype=pred.dtype)
+    if pred.shape != target.shape:
+        raise ValueError(f"mse_loss: prediction of shape {pred.shape} and target of shape {target.shape} differ")
+    diff = pred - target
+    return (diff * diff).mean()
+
+
+# ---------------------------------------------------------------- attention
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_bias(t_q: int, t_k: int, dtype_name: str, device: str):
+    """(Tq, Tk) additive mask: 0 where query i may see key j (j <= Tk - Tq + i), -inf elsewhere."""
+    xp = backend.xp_for(device)
+    future = xp.arange(t_k)[None, :] > xp.arange(t_k - t_q, t_k)[:, None]
+    return xp.where(future, -xp.inf, 0.0).astype(dtype_name)
+
+
+class Attention(Function):
+    """softmax(q k^T / sqrt(hs) + causal mask) v in one Function."""
+
+    def forward(self, q, k, v, is_causal=True):
+        xp = backend.get_array_module(q)
+        self.scale = 1.0 / math.sqrt(q.shape[-1])
+        att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+        att *= self.scale
+        if is_causal:
+            att += _causal_bias(q.shape[-2], k.shape[-2], att.dtype.name, backend.device_of(q))
+        att -= att.max(axis=-1, keepdims=True)  # stable softmax
+        xp.exp(att, out=att)
+        att /= att.sum(axis=-1, keepdims=True)
+        self.q, self.k, self.v, self.att = q, k, v, att
+        return att @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        q, k, v, att = self.q, self.k, self.v, self.att
+        gv = xp.swapaxes(att, -1, -2) @ gy if self.needs_grad[2] else None  # (B, nh, Tk, hs)
+        gatt = gy @ xp.swapaxes(v, -1, -2)  # (B, nh, Tq, Tk)
+        # softmax backward: att * (gatt - sum(gatt * att))
+        gatt -= (gatt * att).sum(axis=-1, keepdims=True)
+        gatt *= att
+        gatt *= self.scale
+        gq = gatt @ k if self.needs_grad[0] else None  # (B, nh, Tq, hs)
+        gk = xp.swapaxes(gatt, -1, -2) @ q if self.needs_grad[1] else None  # (B, nh, Tk, hs)
+        return gq, gk, gv
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True) -> Tensor:
+    """Scaled dot-product attention, with a causal mask by default.
+
+    With a key/value cache (Tk > Tq) the mask is aligned bottom-right: query i sits at position
+    Tk - Tq + i and sees keys 0..Tk - Tq + i.
+
+    Args:
+        q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs) with Tk >= Tq when causal.
+    Returns:
+        (B, nh, Tq, hs)
+    """
+    if q.ndim < 2 or k.shape != v.shape or q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit "
+                         "(B, nh, Tq, hs), (B, nh, Tk, hs), (B, nh, Tk, hs)")
+    if is_causal and k.shape[-2] < q.shape[-2]:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tk >= Tq, got q {q.shape}, k {k.shape}")
+    return Attention.apply(q, k, v, is_causal=is_causal)
