@@ -52,7 +52,8 @@ def gradcheck(fn, *inputs: Tensor, eps: float = 1e-6, atol: float = 1e-5, rtol: 
             err = abs(analytic - numeric)
             bad = err > atol + rtol * abs(numeric)
             if bad.any():
-                worst = tuple(int(j) for j in backend.np.unravel_index(int((err - rtol * abs(numeric)).argmax()), t.shape))
+                worst_flat = int((err - rtol * abs(numeric)).argmax())
+                worst = tuple(int(j) for j in backend.np.unravel_index(worst_flat, t.shape))
                 msg = (f"gradcheck: input {i} (shape {t.shape}): {int(bad.sum())} of {t.size} elements wrong; "
                        f"worst at {worst}: analytic {analytic[worst]:.8g}, numerical {numeric[worst]:.8g}")
                 return _fail(msg, raise_exception)
@@ -70,15 +71,14 @@ def gradcheck(fn, *inputs: Tensor, eps: float = 1e-6, atol: float = 1e-5, rtol: 
 def _numeric_elementwise(objective, t: Tensor, eps: float):
     np = backend.np
     numeric = np.zeros(t.shape)
-    flat = t.data.reshape(-1)  # a view: perturbing it perturbs the input
-    for j in range(t.size):
-        orig = flat[j].item()
-        flat[j] = orig + eps
+    for j in np.ndindex(*t.shape):  # index the array itself: a reshape of a non-contiguous one would copy
+        orig = t.data[j].item()
+        t.data[j] = orig + eps
         up = objective()
-        flat[j] = orig - eps
+        t.data[j] = orig - eps
         down = objective()
-        flat[j] = orig
-        numeric.reshape(-1)[j] = (up - down) / (2 * eps)
+        t.data[j] = orig
+        numeric[j] = (up - down) / (2 * eps)
     return numeric
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad_gpt import backend
+from tinygrad_gpt import backend, cpu_kernels
 from tinygrad_gpt.tensor import Function
 
 xp_of = backend.get_array_module
@@ -64,8 +64,11 @@ class Pow(Function):
     def backward(self, gy):
         a, b = self.a, self.b
         ga = gy * b * a ** (b - 1) if self.needs_grad[0] else None
-        # NOTE: d(a**b)/db = a**b log(a) is only defined for a > 0
-        gb = gy * self.y * xp_of(a).log(a) if self.needs_grad[1] else None
+        gb = None
+        if self.needs_grad[1]:
+            # NOTE: d(a**b)/db = a**b log(a) needs a > 0; at a == 0 we use 0 (a**b is flat there for b > 0), as torch
+            xp = xp_of(a)
+            gb = gy * xp.where(a == 0, 0, self.y * xp.log(xp.where(a == 0, 1, a)))
         return ga, gb
 
 
@@ -76,9 +79,7 @@ class Maximum(Function):
 
     def backward(self, gy):
         # NOTE: at ties each input gets half the gradient, as in PyTorch
-        xp = xp_of(gy)
-        share = xp.where(self.a > self.b, 1.0, xp.where(self.a == self.b, 0.5, 0.0)).astype(gy.dtype)
-        return gy * share, gy * (1 - share)
+        return _tie_split(gy, self.a > self.b, self.a == self.b)
 
 
 class Minimum(Function):
@@ -87,9 +88,14 @@ class Minimum(Function):
         return xp_of(a).minimum(a, b)
 
     def backward(self, gy):
-        xp = xp_of(gy)
-        share = xp.where(self.a < self.b, 1.0, xp.where(self.a == self.b, 0.5, 0.0)).astype(gy.dtype)
-        return gy * share, gy * (1 - share)
+        return _tie_split(gy, self.a < self.b, self.a == self.b)
+
+
+def _tie_split(gy, a_wins, tie):
+    """Gradients (ga, gb): gy goes to the winner; ties give half to each (no float64 temporaries)."""
+    half = gy * tie * 0.5
+    ga = gy * a_wins + half
+    return ga, gy - ga
 
 
 class MatMul(Function):
@@ -193,12 +199,23 @@ class Gelu(Function):
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
 
     def forward(self, x):
+        xp = xp_of(x)
         self.x = x
-        self.t = xp_of(x).tanh(GELU_C * (x + 0.044715 * x * x * x))
+        if cpu_kernels.use(x):  # fused multi-threaded passes around NumPy's SIMD tanh
+            self.t, y = xp.empty_like(x), xp.empty_like(x)
+            cpu_kernels.gelu_inner(x.reshape(-1), self.t.reshape(-1))
+            xp.tanh(self.t, out=self.t)
+            cpu_kernels.gelu_finish(x.reshape(-1), self.t.reshape(-1), y.reshape(-1))
+            return y
+        self.t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
         return 0.5 * x * (1 + self.t)
 
     def backward(self, gy):
         x, t = self.x, self.t
+        if cpu_kernels.use(gy) and cpu_kernels.use(x):
+            gx = xp_of(gy).empty_like(x)
+            cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), t.reshape(-1), gx.reshape(-1))
+            return gx
         dinner = GELU_C * (1 + 3 * 0.044715 * x * x)
         return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
 

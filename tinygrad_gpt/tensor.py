@@ -236,16 +236,20 @@ class Tensor:
                 )
             grad = backend.get_array_module(self.data).ones_like(self.data)
         else:
-            grad = grad.data if isinstance(grad, Tensor) else backend.asarray(grad, dtype=self.dtype)
+            grad = backend.asarray(_raw(grad), dtype=self.dtype, device=self.device)
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, output has shape {self.shape}")
 
-        grads = {id(self): grad}
+        grads, given = {id(self): grad}, set()
         for t in reversed(_toposort(self)):
-            g = grads.pop(id(t))
+            g = grads.pop(id(t), None)
             ctx = t._ctx
             if ctx is None:  # a leaf: accumulate (never in place: the array may be shared)
-                t.grad = Tensor._make(g, False, None) if t.grad is None else Tensor._make(t.grad.data + g, False, None)
+                if g is not None:
+                    t.grad = Tensor._make(_owned(g, given) if t.grad is None else t.grad.data + g, False, None)
+                continue
+            t._ctx = _RELEASED  # free the saved arrays: the graph is used once
+            if g is None:  # no gradient reached this node (a Function returned None for it)
                 continue
             gxs = ctx.backward(g)
             if not isinstance(gxs, tuple):
@@ -255,9 +259,11 @@ class Tensor:
                     continue
                 if gx.shape != parent.data.shape:
                     gx = _unbroadcast(gx, parent.data.shape)
+                assert gx.dtype == parent.data.dtype, (
+                    f"{type(ctx).__name__}.backward gave a {gx.dtype} gradient for a {parent.data.dtype} input"
+                )
                 key = id(parent)
                 grads[key] = grads[key] + gx if key in grads else gx
-            t._ctx = None  # free the saved arrays: the graph is used once
 
     # ------------------------------------------------------------ arithmetic
 
@@ -280,10 +286,10 @@ class Tensor:
         return ops.Mul.apply(*_operands(other, self, "mul"))
 
     def __truediv__(self, other):
-        return ops.Div.apply(*_operands(self, other, "div"))
+        return ops.Div.apply(*_float_operands(self, other, "div"))
 
     def __rtruediv__(self, other):
-        return ops.Div.apply(*_operands(other, self, "div"))
+        return ops.Div.apply(*_float_operands(other, self, "div"))
 
     def __pow__(self, other):
         return ops.Pow.apply(*_operands(self, other, "pow"))
@@ -399,8 +405,9 @@ class Tensor:
 
     def permute(self, *axes):
         axes = _shape_arg(axes)
-        if sorted(a % max(self.ndim, 1) for a in axes) != list(range(self.ndim)) or len(axes) != self.ndim:
-            raise ValueError(f"permute: axes {axes} are not a permutation of the {self.ndim} axes of shape {self.shape}")
+        in_range = all(-self.ndim <= a < self.ndim for a in axes)
+        if not in_range or sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
+            raise ValueError(f"permute: axes {axes} are not a permutation of the axes of shape {self.shape}")
         return ops.Permute.apply(self, axes=tuple(a % self.ndim for a in axes))
 
     def transpose(self, ax1: int = -2, ax2: int = -1):
@@ -414,11 +421,17 @@ class Tensor:
 
     def expand(self, *shape):
         shape = _shape_arg(shape)
-        return self if shape == self.shape else ops.Expand.apply(self, shape=shape)
+        if shape == self.shape:
+            return self
+        if not _broadcasts_to(self.shape, shape):
+            raise ValueError(f"expand: shape {self.shape} cannot be broadcast to {shape}")
+        return ops.Expand.apply(self, shape=shape)
 
     broadcast_to = expand
 
     def unsqueeze(self, axis: int):
+        if not -self.ndim - 1 <= axis <= self.ndim:
+            raise ValueError(f"unsqueeze: axis {axis} is out of range for shape {self.shape}")
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
@@ -454,6 +467,9 @@ class Tensor:
 
     def masked_fill(self, mask, value: float):
         """`value` where `mask` is true, self elsewhere (mask broadcasts to self's shape)."""
+        mask_shape = tuple(_raw(mask).shape)
+        if not _broadcasts_to(mask_shape, self.shape):
+            raise ValueError(f"masked_fill: mask of shape {mask_shape} does not broadcast to tensor shape {self.shape}")
         return where(mask, value, self)
 
     def softmax(self, axis: int = -1):
@@ -482,6 +498,9 @@ def cat(tensors, axis: int = 0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise ValueError("cat: needs at least one tensor")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise TypeError(f"cat: dtypes {sorted(map(str, dtypes))} differ; cast with .astype() first")
     return ops.Cat.apply(*tensors, axis=axis)
 
 
@@ -506,6 +525,31 @@ def where(cond, a, b) -> Tensor:
 # ---------------------------------------------------------------- helpers
 
 
+class _Released(Function):
+    """Stands in for a Function whose saved arrays were freed by backward()."""
+
+    def backward(self, gy):
+        raise RuntimeError(
+            "backward() through a part of the graph that an earlier backward() already used and freed; "
+            "recompute the forward pass (or detach() the tensor you reuse)"
+        )
+
+
+_RELEASED = _Released()
+
+
+def _owned(g, given: set):
+    """`g` as an array the leaf may own: a copy when it is a read-only or shared view, or given to another leaf.
+
+    Leaf gradients are what users and optimizers touch (`p.grad.data *= scale`), so they must be
+    writable and must not alias another leaf's gradient; fresh arrays (the common case) pass as they are.
+    """
+    if g.base is not None or not getattr(g.flags, "writeable", True) or id(g) in given:
+        g = g.copy()
+    given.add(id(g))
+    return g
+
+
 def _toposort(root: Tensor) -> list:
     """Tensors of the graph below `root`, inputs before outputs; iterative, so any depth works."""
     order, visited, stack = [], set(), [(root, False)]
@@ -526,11 +570,17 @@ def _toposort(root: Tensor) -> list:
 def _unbroadcast(g, shape: tuple):
     """Sum a broadcast gradient back to `shape`: the single place broadcasting is undone."""
     extra = g.ndim - len(shape)
+    assert extra >= 0, f"gradient of shape {g.shape} for input of shape {shape}"
     axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
     g = g.sum(axis=axes, keepdims=True) if axes else g
     g = g.reshape(shape)
     assert g.shape == tuple(shape), f"gradient of shape {g.shape} for input of shape {shape}"
     return g
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether an array of `shape` broadcasts to exactly `target`."""
+    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
 
 
 def _as_tensor(x, like: Tensor) -> Tensor:
@@ -557,6 +607,14 @@ def _operands(a, b, op_name: str) -> tuple:
             b = Tensor._make(b.data.astype(a.dtype), False, None)
         elif fb:
             a = Tensor._make(a.data.astype(b.dtype), False, None)
+    return a, b
+
+
+def _float_operands(a, b, op_name: str) -> tuple:
+    """Like _operands, but integer operands become the default float dtype (int / int is a float)."""
+    a, b = _operands(a, b, op_name)
+    if not backend.is_float(a.dtype):
+        a, b = (Tensor._make(t.data.astype(_default_float), False, None) for t in (a, b))
     return a, b
 
 

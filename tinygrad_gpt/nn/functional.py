@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 
-from tinygrad_gpt import backend, ops
+from tinygrad_gpt import backend, cpu_kernels, ops
 from tinygrad_gpt.tensor import Function, Tensor, _raw
 
 # ---------------------------------------------------------------- linear
@@ -103,26 +103,41 @@ class LayerNorm(Function):
 
     def forward(self, x, w, b, eps=1e-5):
         xp = backend.get_array_module(x)
+        self.w = w
+        if cpu_kernels.use(x) and x.dtype == w.dtype == b.dtype:  # one multi-threaded pass
+            x2 = x.reshape(-1, x.shape[-1])  # (N, C)
+            y, self.xhat, self.rstd = xp.empty_like(x2), xp.empty_like(x2), xp.empty(x2.shape[0], x.dtype)
+            cpu_kernels.layer_norm_forward(x2, w, b, eps, y, self.xhat, self.rstd)
+            return y.reshape(x.shape)
         xhat = x - x.mean(axis=-1, keepdims=True)
         var = (xhat * xhat).mean(axis=-1, keepdims=True)
         self.rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
         xhat *= self.rstd
-        self.xhat, self.w = xhat, w
+        self.xhat = xhat
         return xhat * w + b
 
     def backward(self, gy):
-        xhat, rstd = self.xhat, self.rstd
-        gy2 = gy.reshape(-1, gy.shape[-1])
-        gw = (gy2 * xhat.reshape(gy2.shape)).sum(axis=0) if self.needs_grad[1] else None
+        xp = backend.get_array_module(gy)
+        C = gy.shape[-1]
+        xhat, rstd = self.xhat.reshape(-1, C), self.rstd.reshape(-1, 1)  # (N, C), (N, 1)
+        gy2 = gy.reshape(-1, C)  # (N, C)
+        if cpu_kernels.use(gy2) and cpu_kernels.use(xhat) and gy.dtype == xhat.dtype == self.w.dtype:
+            gx = xp.empty_like(gy2)
+            n_chunks = min(64, gy2.shape[0])
+            gw_parts, gb_parts = xp.zeros((2, n_chunks, C), dtype=gy.dtype)
+            cpu_kernels.layer_norm_backward(gy2, xhat, rstd.reshape(-1), self.w, gx, gw_parts, gb_parts)
+            return gx.reshape(gy.shape), gw_parts.sum(axis=0), gb_parts.sum(axis=0)
+        gw = (gy2 * xhat).sum(axis=0) if self.needs_grad[1] else None
         gb = gy2.sum(axis=0) if self.needs_grad[2] else None
         gx = None
         if self.needs_grad[0]:
-            gxhat = gy * self.w
+            gxhat = gy2 * self.w
             # d/dx of (x - mean) * rstd: remove the mean of gxhat and its projection on xhat
             proj = (gxhat * xhat).mean(axis=-1, keepdims=True)
             gx = gxhat - gxhat.mean(axis=-1, keepdims=True)
             gx -= xhat * proj
             gx *= rstd
+            gx = gx.reshape(gy.shape)
         return gx, gw, gb
 
 
@@ -259,34 +274,109 @@ def _causal_bias(t_q: int, t_k: int, dtype_name: str, device: str):
     return xp.where(future, -xp.inf, 0.0).astype(dtype_name)
 
 
+def _softmax_scores_(att, scale: float, causal: bool) -> None:
+    """In place: raw scores (..., Tq, Tk) -> softmax(scale * scores + causal mask) along the last axis."""
+    if cpu_kernels.use(att):
+        cpu_kernels.attention_softmax_(att.reshape(-1, *att.shape[-2:]), att.dtype.type(scale), causal)
+        return
+    xp = backend.get_array_module(att)
+    att *= scale
+    if causal:
+        att += _causal_bias(att.shape[-2], att.shape[-1], att.dtype.name, backend.device_of(att))
+    att -= att.max(axis=-1, keepdims=True)  # stable softmax
+    xp.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+
+
+def _softmax_scores_backward_(gatt, att, scale: float) -> None:
+    """In place: gatt <- scale * att * (gatt - sum(gatt * att)), the gradient w.r.t. the raw scores."""
+    if cpu_kernels.use(gatt) and cpu_kernels.use(att):
+        shape = (-1, *att.shape[-2:])
+        cpu_kernels.attention_softmax_backward_(gatt.reshape(shape), att.reshape(shape), att.dtype.type(scale))
+        return
+    gatt -= (gatt * att).sum(axis=-1, keepdims=True)
+    gatt *= att
+    gatt *= scale
+
+
+def _attend(q, k, v, causal: bool, out=None):
+    """Attention on raw arrays: q (..., Tq, hs), k and v (..., Tk, hs) -> (probabilities, output)."""
+    xp = backend.get_array_module(q)
+    att = xp.matmul(q, xp.swapaxes(k, -1, -2))  # (..., Tq, hs) @ (..., hs, Tk) -> (..., Tq, Tk)
+    _softmax_scores_(att, 1.0 / math.sqrt(q.shape[-1]), causal)
+    return att, xp.matmul(att, v, out=out)  # (..., Tq, Tk) @ (..., Tk, hs) -> (..., Tq, hs)
+
+
+def _attend_backward(gy, q, k, v, att, needs_grad=(True, True, True), out=(None, None, None)):
+    """Gradients of _attend's output w.r.t. q, k, v (written into `out` views when given)."""
+    xp = backend.get_array_module(gy)
+    gv = xp.matmul(xp.swapaxes(att, -1, -2), gy, out=out[2]) if needs_grad[2] else None  # (..., Tk, hs)
+    gatt = xp.matmul(gy, xp.swapaxes(v, -1, -2))  # (..., Tq, Tk)
+    _softmax_scores_backward_(gatt, att, 1.0 / math.sqrt(q.shape[-1]))
+    gq = xp.matmul(gatt, k, out=out[0]) if needs_grad[0] else None  # (..., Tq, hs)
+    gk = xp.matmul(xp.swapaxes(gatt, -1, -2), q, out=out[1]) if needs_grad[1] else None  # (..., Tk, hs)
+    return gq, gk, gv
+
+
 class Attention(Function):
     """softmax(q k^T / sqrt(hs) + causal mask) v in one Function."""
 
     def forward(self, q, k, v, is_causal=True):
-        xp = backend.get_array_module(q)
-        self.scale = 1.0 / math.sqrt(q.shape[-1])
-        att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
-        att *= self.scale
-        if is_causal:
-            att += _causal_bias(q.shape[-2], k.shape[-2], att.dtype.name, backend.device_of(q))
-        att -= att.max(axis=-1, keepdims=True)  # stable softmax
-        xp.exp(att, out=att)
-        att /= att.sum(axis=-1, keepdims=True)
-        self.q, self.k, self.v, self.att = q, k, v, att
-        return att @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+        self.att, y = _attend(q, k, v, is_causal)
+        self.q, self.k, self.v = q, k, v
+        return y
+
+    def backward(self, gy):
+        return _attend_backward(gy, self.q, self.k, self.v, self.att, self.needs_grad)
+
+
+class SelfAttention(Function):
+    """Causal multi-head attention straight from the fused qkv projection to merged heads.
+
+    Heads are strided views of the (B, T, 3C) input, and the output and gradients are written
+    through views into (B, T, C) and (B, T, 3C) arrays, so no head is ever copied or transposed.
+    """
+
+    def forward(self, qkv, n_head=1):
+        xp = backend.get_array_module(qkv)
+        B, T, C3 = qkv.shape
+        self.heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head))  # (B, T, 3, nh, hs)
+        q, k, v = (self.heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # 3 x (B, nh, T, hs) views
+        y = xp.empty((B, T, C3 // 3), dtype=qkv.dtype)  # (B, T, C)
+        self.att, _ = _attend(q, k, v, True, out=_as_heads(y, n_head))
+        return y
 
     def backward(self, gy):
         xp = backend.get_array_module(gy)
-        q, k, v, att = self.q, self.k, self.v, self.att
-        gv = xp.swapaxes(att, -1, -2) @ gy if self.needs_grad[2] else None  # (B, nh, Tk, hs)
-        gatt = gy @ xp.swapaxes(v, -1, -2)  # (B, nh, Tq, Tk)
-        # softmax backward: att * (gatt - sum(gatt * att))
-        gatt -= (gatt * att).sum(axis=-1, keepdims=True)
-        gatt *= att
-        gatt *= self.scale
-        gq = gatt @ k if self.needs_grad[0] else None  # (B, nh, Tq, hs)
-        gk = xp.swapaxes(gatt, -1, -2) @ q if self.needs_grad[1] else None  # (B, nh, Tk, hs)
-        return gq, gk, gv
+        heads = self.heads
+        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        gqkv = xp.empty(heads.shape, dtype=gy.dtype)  # (B, T, 3, nh, hs)
+        out = tuple(gqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        _attend_backward(_as_heads(gy, heads.shape[3]), q, k, v, self.att, out=out)
+        return gqkv.reshape(*gqkv.shape[:2], -1)  # (B, T, 3C)
+
+
+def _as_heads(x, n_head: int):
+    """(B, T, C) -> a (B, nh, T, hs) view."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def causal_self_attention(qkv: Tensor, n_head: int) -> Tensor:
+    """Causal multi-head self-attention on the output of a fused q, k, v projection.
+
+    Equal to splitting qkv into q, k, v, reshaping each to (B, nh, T, hs), calling
+    scaled_dot_product_attention(q, k, v, is_causal=True) and merging the heads, without the copies.
+
+    Args:
+        qkv: (B, T, 3 C) with q, k, v side by side on the last axis; n_head divides C.
+    Returns:
+        (B, T, C)
+    """
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
+        raise ValueError(f"causal_self_attention: qkv of shape {qkv.shape} is not (B, T, 3 C) with C divisible "
+                         f"by n_head={n_head}")
+    return SelfAttention.apply(qkv, n_head=n_head)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True) -> Tensor:

@@ -1,0 +1,35 @@
+"""Test configuration: hypothesis profile and dtype fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import tinygrad_gpt
+from tinygrad_gpt import tensor as _tensor
+
+# Gradient checks are slow-ish and their speed varies: no deadline, few examples (the suite must
+# run in minutes on 2 cores). Our function-scoped fixtures only set global flags, so reusing them
+# across hypothesis examples is safe.
+settings.register_profile(
+    "tinygrad_gpt", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("tinygrad_gpt")
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """Undo a test's change of the default dtype or grad mode, so tests cannot leak into each other."""
+    dtype, grad = tinygrad_gpt.get_default_dtype(), _tensor._grad_enabled
+    yield
+    tinygrad_gpt.set_default_dtype(dtype)
+    _tensor._grad_enabled = grad
+
+
+@pytest.fixture
+def float64():
+    """Make float64 the default float dtype for the test (gradient checks), float32 again after."""
+    tinygrad_gpt.set_default_dtype(np.float64)
+    yield
+    tinygrad_gpt.set_default_dtype(np.float32)

@@ -1,0 +1,209 @@
+"""The benchmarks keep working: each script runs once on a tiny config and prints a well-formed table.
+
+No timing assertions (CI machines vary); the tables must have their columns and finite numbers, and
+the PyTorch reference model must be the same model as ours (same loss, gradients and optimizer step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import requires_torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+
+TRAIN_COLUMNS = [
+    "framework", "ms/step (median)", "ms/step (min)", "tokens/s", "GFLOP/s", "% of sgemm",
+    "RSS after imports (MiB)", "peak RSS (MiB)", "peak GPU mem (MiB)", "last loss",
+]  # fmt: skip
+OPS_COLUMNS = [
+    "config", "op", "inputs", "ours fwd (ms)", "ours fwd+bwd (ms)", "torch fwd (ms)", "torch fwd+bwd (ms)",
+    "ratio fwd", "ratio fwd+bwd",
+]  # fmt: skip
+
+
+def run_script(name: str, *args: str) -> str:
+    """Run benchmarks/<name> with one thread; fail with its stderr when it fails."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args], capture_output=True, text=True, timeout=300, cwd=BENCH.parent
+    )
+    assert proc.returncode == 0, f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def number(cell: str) -> float:
+    value = float(cell)
+    assert math.isfinite(value), f"cell {cell!r} is not a finite number"
+    return value
+
+
+def test_sgemm_probe_reports_a_positive_rate():
+    result = json.loads(run_script("sgemm.py", "--size", "64", "--repeats", "3", "--threads", "1", "--json"))
+    assert result["n"] == 64
+    assert 0 < number(str(result["gflops"])) <= number(str(result["best_gflops"]))
+
+
+def test_flop_count_matches_the_parameter_formula():
+    # the exact matmul count must equal 6 * N_matmul * tokens + 12 * L * T * C * tokens
+    for name, cfg in harness.CONFIGS.items():
+        tokens = cfg["batch_size"] * cfg["block_size"]
+        n_matmul = sum(math.prod(s) for n, s, _ in harness.param_shapes(cfg) if len(s) == 2 and n != "wpe.weight")
+        attention = 12 * cfg["n_layer"] * cfg["block_size"] * cfg["n_embd"] * tokens
+        assert harness.train_flops_per_step(cfg) == 6 * n_matmul * tokens + attention, name
+
+
+def test_param_shapes_are_those_of_our_gpt():
+    from tinygrad_gpt.model import GPT, GPTConfig
+
+    cfg = harness.CONFIGS["tiny"]
+    model = GPT(GPTConfig(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}))
+    ours = {name: p.shape for name, p in model.named_parameters()}
+    assert ours == {name: shape for name, shape, _ in harness.param_shapes(cfg)}
+
+
+def test_bad_arguments_are_refused():
+    import bench_train
+
+    for argv in (["--frameworks", "jax"], ["--steps", "0"], ["--config", "huge"]):
+        with pytest.raises(SystemExit):
+            bench_train.parse_args(argv)
+
+
+@requires_torch
+@pytest.mark.slow
+def test_bench_train_prints_both_frameworks_and_their_ratio(tmp_path):
+    raw = tmp_path / "raw.json"
+    out = run_script(
+        "bench_train.py", "--config", "tiny", "--steps", "2", "--blocks", "2", "--warmup", "1",
+        "--threads", "1", "--sgemm_size", "64", "--json", str(raw),
+    )  # fmt: skip
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == TRAIN_COLUMNS
+    assert [r[0] for r in rows] == ["tinygrad_gpt", "torch", "ratio tinygrad_gpt / torch"]
+    for row in rows[:2]:
+        values = dict(zip(columns, row))
+        assert values["peak GPU mem (MiB)"] == "-"  # CPU run
+        for col in columns[1:]:
+            if col != "peak GPU mem (MiB)":
+                assert number(values[col]) > 0, col
+        assert number(values["peak RSS (MiB)"]) >= number(values["RSS after imports (MiB)"])
+    ratio = number(rows[2][1])
+    assert ratio == pytest.approx(number(rows[0][1]) / number(rows[1][1]), rel=0.01)
+    results = json.loads(raw.read_text())["results"]
+    assert len(results["tinygrad"]["times"]) == len(results["torch"]["times"]) == 4  # 2 blocks x 2 steps
+
+
+@pytest.mark.slow
+def test_bench_train_runs_ours_alone():
+    out = run_script(
+        "bench_train.py", "--config", "tiny", "--steps", "1", "--blocks", "1", "--warmup", "0",
+        "--threads", "1", "--sgemm_size", "64", "--frameworks", "tinygrad", "--no_numba",
+    )  # fmt: skip
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == TRAIN_COLUMNS and [r[0] for r in rows] == ["tinygrad_gpt"]
+    assert "pure NumPy" in out
+    assert number(rows[0][columns.index("last loss")]) > 0
+
+
+@requires_torch
+@pytest.mark.slow
+def test_bench_ops_times_every_op():
+    out = run_script("bench_ops.py", "--configs", "tiny", "--repeats", "2", "--warmup", "1", "--threads", "1")
+    import bench_ops
+
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == OPS_COLUMNS
+    assert [r[1] for r in rows] == list(bench_ops.OPS)
+    for row in rows:
+        values = dict(zip(columns, row))
+        step = values["op"] in bench_ops.STEP_OPS
+        for col in columns[3:]:
+            if step and "fwd+bwd" not in col:
+                assert values[col] == "-", (values["op"], col)
+            else:
+                assert number(values[col]) > 0, (values["op"], col)
+
+
+def test_bench_ops_profile_lists_our_functions():
+    out = run_script("bench_ops.py", "--profile", "--config", "tiny", "--steps", "2", "--warmup", "1", "--threads", "1")
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == ["function", "calls/step", "tottime ms/step", "% of tottime", "cumtime ms/step"]
+    assert any(r[0].startswith("tinygrad_gpt/") for r in rows)
+    shares = [number(r[3]) for r in rows]
+    assert shares == sorted(shares, reverse=True) and sum(shares) <= 100.5
+
+
+@requires_torch
+@pytest.mark.slow
+def test_bench_quality_trains_both_frameworks(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 60)
+    out = run_script(
+        "bench_quality.py", "--data", str(text), "--config", "tiny", "--max_iters", "30", "--eval_interval", "15",
+        "--eval_iters", "2", "--warmup_iters", "3", "--lr_decay_iters", "30", "--learning_rate", "3e-3",
+        "--frameworks", "tinygrad,torch", "--threads", "1",
+    )  # fmt: skip
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns[:3] == ["framework", "final val loss", "final train loss"]
+    assert [r[0] for r in rows] == ["tinygrad_gpt", "torch"]
+    vocab = len(set(text.read_text()))
+    for row in rows:
+        assert all(number(cell) > 0 for cell in row[1:])
+        assert number(row[1]) < math.log(vocab) - 0.3  # it learned: below the uniform guess
+
+
+# ---------------------------------------------------------------- the reference model is our model
+
+
+@requires_torch
+@pytest.mark.slow
+def test_torch_gpt_matches_ours_on_the_same_weights(float64):
+    import torch
+    from torch_gpt import TorchGPT, TorchGPTConfig
+
+    from tinygrad_gpt.model import GPT, GPTConfig
+    from tinygrad_gpt.optim import AdamW, clip_grad_norm_
+
+    sizes = dict(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    ours = GPT(GPTConfig(**sizes))
+    theirs = TorchGPT(TorchGPTConfig(**sizes)).double()
+    theirs.load_gpt2_state_dict({k: np.asarray(v) for k, v in ours.state_dict().items()})
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, size=(3, 8)), rng.integers(0, 11, size=(3, 8))
+
+    optimizer = AdamW(ours.param_groups(0.1), lr=1e-2, betas=(0.9, 0.99))
+    torch_optimizer = theirs.configure_optimizers(0.1, 1e-2, (0.9, 0.99), "cpu")
+    for _ in range(2):  # two steps: the second one starts from the updated weights and moments
+        _, loss = ours(x, y)
+        _, torch_loss = theirs(torch.from_numpy(x), torch.from_numpy(y))
+        assert loss.item() == pytest.approx(torch_loss.item(), rel=1e-10)
+        loss.backward()
+        torch_loss.backward()
+        torch_params = dict(theirs.named_parameters())
+        for name, p in ours.named_parameters():
+            g = torch_params[name].grad.numpy()
+            np.testing.assert_allclose(p.grad.numpy(), g.T if name.endswith(torch_gpt_linear()) else g, atol=1e-12)
+        norm = clip_grad_norm_(ours.parameters(), 0.5)
+        assert norm == pytest.approx(torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5).item(), rel=1e-10)
+        optimizer.step()
+        torch_optimizer.step()
+        optimizer.zero_grad()
+        torch_optimizer.zero_grad()
+    for name, p in ours.named_parameters():
+        w = torch_params[name].detach().numpy()
+        np.testing.assert_allclose(p.numpy(), w.T if name.endswith(torch_gpt_linear()) else w, atol=1e-12)
+
+
+def torch_gpt_linear() -> tuple:
+    from torch_gpt import LINEAR_WEIGHTS
+
+    return LINEAR_WEIGHTS

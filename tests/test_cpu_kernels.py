@@ -1,0 +1,50 @@
+"""The optional numba kernels give the same results as the pure-NumPy path they replace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import Tensor, cpu_kernels
+from tinygrad_gpt.nn import functional as F
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba not installed: only the NumPy path exists")
+
+
+def _run_both(fn, *arrays, dtype):
+    """fn's output and input gradients with the numba kernels on and off."""
+    results = []
+    for enabled in (True, False):
+        cpu_kernels.enabled = enabled
+        try:
+            inputs = [Tensor(a, requires_grad=True, dtype=dtype) for a in arrays]
+            out = fn(*inputs)
+            w = np.random.default_rng(1).standard_normal(out.shape).astype(dtype)
+            (out * Tensor(w, dtype=dtype)).sum().backward()
+            results.append([out.numpy()] + [t.grad.numpy() for t in inputs])
+        finally:
+            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+    return results
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize(
+    "name, fn, shapes",
+    [
+        ("gelu", F.gelu, [(3, 5, 8)]),
+        ("layer_norm", lambda x, w, b: F.layer_norm(x, w, b), [(4, 6, 16), (16,), (16,)]),
+        ("attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [(2, 3, 7, 4)] * 3),
+        ("attention with cache", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+         [(2, 3, 2, 4), (2, 3, 7, 4), (2, 3, 7, 4)]),
+        ("non-causal attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
+         [(2, 3, 7, 4)] * 3),
+        ("self attention", lambda qkv: F.causal_self_attention(qkv, 3), [(2, 7, 18)]),
+    ],
+)
+def test_kernels_match_numpy_path(name, fn, shapes, dtype, tol):
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s) * 2 for s in shapes]
+    with_kernels, without = _run_both(fn, *arrays, dtype=dtype)
+    for k, (a, b) in enumerate(zip(with_kernels, without)):
+        scale = max(1.0, float(np.abs(b).max()))
+        assert np.abs(a - b).max() <= tol * scale, f"{name}: output/gradient {k} differs"

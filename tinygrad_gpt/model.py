@@ -1,0 +1,377 @@
+"""A GPT language model (GPT-2's architecture by default) built from tinygrad_gpt.nn.
+
+Parameter names and shapes equal those of Hugging Face GPT-2's `model.safetensors` (wte, wpe,
+h.{i}.ln_1, h.{i}.attn.c_attn, ...; Linear weights stored (in, out)), so a GPT-2 checkpoint loads
+one to one. The config also offers the variants tutorials teach: ReLU instead of GELU, GPT-1's
+post-LayerNorm blocks, fixed sinusoidal position encodings and an untied LM head.
+
+References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (Radford et al. 2018).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tinygrad_gpt import backend
+from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU
+from tinygrad_gpt.nn import functional as F
+from tinygrad_gpt.tensor import Tensor, is_grad_enabled, no_grad
+
+_CHOICES = {"activation": ("gelu", "relu"), "norm": ("pre", "post"), "pos_encoding": ("learned", "sinusoidal")}
+
+_PRESETS = {  # GPT-2's four sizes; all use vocab_size=50257 and block_size=1024
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
+}
+
+
+@dataclass
+class GPTConfig:
+    """Sizes and architectural choices of a GPT; the defaults are GPT-2 small's."""
+
+    vocab_size: int = 50257  # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    block_size: int = 1024  # the longest context (number of positions) the model sees
+    n_layer: int = 12  # number of transformer blocks
+    n_head: int = 12  # attention heads per block; head_size = n_embd // n_head
+    n_embd: int = 768  # width of the residual stream
+    dropout: float = 0.0  # dropout after embeddings and on residual branches; 0.0 for pretraining, ~0.1 to finetune
+    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 (False is a bit better and faster)
+    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu'
+    norm: str = "pre"  # 'pre': LayerNorm before each sublayer + ln_f (GPT-2); 'post': after each residual add (GPT-1)
+    pos_encoding: str = "learned"  # 'learned' position embeddings wpe (GPT-2) or fixed 'sinusoidal' (Vaswani et al.)
+    tie_weights: bool = True  # the LM head reuses wte's matrix (GPT-2); False gives it its own lm_head.weight
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPTConfig: {name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> GPTConfig:
+        """GPT-2's sizes: 'gpt2' (124M), 'gpt2-medium', 'gpt2-large' or 'gpt2-xl'; keyword overrides apply on top."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(_PRESETS)}")
+        return cls(**{"vocab_size": 50257, "block_size": 1024, **_PRESETS[name], **overrides})
+
+
+# ---------------------------------------------------------------- blocks
+
+
+class CausalSelfAttention(Module):
+    """Multi-head self-attention where each position sees itself and the positions before it."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v projection
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = Dropout(config.dropout)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
+        B, T, C = x.shape
+        hs = C // self.n_head
+        if kv_cache is None:  # training and full-context inference: one fused Function, no head copies
+            y = F.causal_self_attention(self.c_attn(x), self.n_head)  # (B, T, 3C) -> (B, T, C)
+            return self.resid_dropout(self.c_proj(y))
+        q, k, v = self.c_attn(x).split(C, axis=2)  # 3 x (B, T, C)
+        q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, Tk, hs): cached positions + new ones
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """Position-wise feed-forward network: expand 4x, nonlinearity, project back."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.act = GELU() if config.activation == "gelu" else ReLU()
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C) -> (B, T, C)"""
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class Block(Module):
+    """One transformer block: attention then MLP, each in a residual branch with a LayerNorm."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.pre_norm = config.norm == "pre"
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
+        """(B, T, C) -> (B, T, C)"""
+        if self.pre_norm:  # GPT-2: normalise the branch input, keep the residual stream unnormalised
+            x = x + self.attn(self.ln_1(x), kv_cache, layer)
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x, kv_cache, layer))  # GPT-1: normalise after each residual add
+        return self.ln_2(x + self.mlp(x))
+
+
+class KVCache:
+    """Keys and values of the positions processed so far, for every layer, in preallocated buffers."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, dtype, device: str):
+        xp = backend.xp_for(device)
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)  # (L, B, nh, block_size, hs)
+        self.k, self.v = xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype)
+        self.length = 0  # positions cached; GPT.forward advances it after all layers ran
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new positions' k, v (B, nh, T, hs) of `layer`; return all of them (B, nh, length + T, hs)."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length : end] = k.data
+        self.v[layer, :, :, self.length : end] = v.data
+        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # views, no copy
+        return Tensor(keys, dtype=keys.dtype), Tensor(values, dtype=values.dtype)
+
+
+# ---------------------------------------------------------------- the model
+
+
+class GPT(Module):
+    """A decoder-only transformer language model with GPT-2's parameter names."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.wte = Embedding(config.vocab_size, config.n_embd)  # token embeddings (and the tied LM head)
+        if config.pos_encoding == "learned":
+            self.wpe = Embedding(config.block_size, config.n_embd)
+        else:
+            self.pos_table = sinusoidal_positions(config.block_size, config.n_embd)  # a buffer, not a parameter
+        self.drop = Dropout(config.dropout)
+        self.h = ModuleList(Block(config) for _ in range(config.n_layer))
+        if config.norm == "pre":  # post-norm blocks already end in a LayerNorm (GPT-1 has no ln_f)
+            self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+        if not config.tie_weights:
+            self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's init: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 n_layer), zero biases."""
+        proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)  # each block adds two residual branches
+        for name, module in self.named_modules():
+            if isinstance(module, (Linear, Embedding)):
+                std = proj_std if name.endswith("c_proj") else 0.02
+                w = module.weight
+                w.data[...] = backend.randn(w.shape, w.dtype, w.device) * std
+            if isinstance(module, Linear) and module.bias is not None:
+                module.bias.data[...] = 0.0
+        # LayerNorms keep their ones / zeros
+
+    @property
+    def device(self) -> str:
+        return self.wte.weight.device
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
+        """Next-token logits for every position, and the mean cross-entropy when targets are given.
+
+        Args:
+            idx: integer token ids (B, T), a numpy/cupy array or Tensor, T <= block_size.
+            targets: integer ids (B, T) of the next tokens (-1 is ignored), or None.
+            kv_cache: a KVCache holding the earlier positions (inference only, under no_grad).
+        Returns:
+            (logits (B, T, vocab_size), loss scalar Tensor or None)
+        """
+        logits = self.lm_logits(self.hidden_states(idx, kv_cache))  # (B, T, vocab_size)
+        loss = F.cross_entropy(logits, targets) if targets is not None else None
+        return logits, loss
+
+    def hidden_states(self, idx, kv_cache: KVCache | None = None) -> Tensor:
+        """The final residual stream (after ln_f): token ids (B, T) -> (B, T, C)."""
+        idx = _token_array(idx, self.device)
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if kv_cache is not None and is_grad_enabled():
+            raise RuntimeError("a KVCache holds no graph: use it under no_grad()")
+        if start + T > self.config.block_size:
+            cached = f" after {start} cached positions" if start else ""
+            raise ValueError(f"sequence length {T}{cached} is longer than block_size {self.config.block_size}")
+        x = self.wte(idx) + self._positions(start, T)  # (B, T, C) + (T, C)
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, kv_cache, i)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.length += T
+        return self.ln_f(x) if self.config.norm == "pre" else x
+
+    def lm_logits(self, x: Tensor) -> Tensor:
+        """The LM head: (B, T, C) -> (B, T, vocab_size)."""
+        head = self.wte.weight.T if self.config.tie_weights else self.lm_head.weight  # (C, vocab_size)
+        return F.linear(x, head)
+
+    def _positions(self, start: int, T: int) -> Tensor:
+        """Position vectors of positions start .. start + T - 1: (T, C)."""
+        if self.config.pos_encoding == "learned":
+            xp = backend.xp_for(self.device)
+            return self.wpe(xp.arange(start, start + T))  # (T, C)
+        return self.pos_table[start : start + T]  # (T, C)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """nanoGPT's two optimizer groups: matrices (>= 2-D) decay; biases and LayerNorm weights do not.
+
+        Returns:
+            [{'params': [...], 'weight_decay': weight_decay}, {'params': [...], 'weight_decay': 0.0}],
+            for tinygrad_gpt.optim.AdamW.
+        """
+        params = self.parameters()
+        return [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+
+    def extra_repr(self) -> str:
+        return f"{self.num_parameters():,} parameters"
+
+    @no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None, use_cache: bool = True):
+        """Extend each sequence in idx by sampling one token at a time.
+
+        While the sequence fits in block_size, a KVCache makes each new token cost one position's
+        work. Past block_size the context is cropped to the last block_size tokens, which shifts
+        every position, so from then on each step recomputes the cropped context in full (as
+        without a cache). The output equals `use_cache=False`'s. Call `model.eval()` first when
+        the model has dropout.
+
+        Args:
+            idx: integer token ids (B, T) with T >= 1, array or Tensor.
+            max_new_tokens: number of tokens to append.
+            temperature: divides the logits; 0 picks the most likely token (greedy).
+            top_k: sample only among the k most likely tokens.
+            top_p: sample only among the most likely tokens whose probabilities sum to top_p (nucleus).
+            seed: seeds a generator for this call; None draws from the library's (`manual_seed`).
+            use_cache: False recomputes the whole context for every token (for checking the cache).
+        Returns:
+            numpy int64 array (B, T + max_new_tokens).
+        """
+        _check_sampling(temperature, top_k, top_p, max_new_tokens)
+        tokens = _token_array(idx, self.device).astype("int64")  # (B, T)
+        if tokens.shape[1] < 1:
+            raise ValueError(f"generate: idx needs at least one token per row, got shape {tuple(tokens.shape)}")
+        xp = backend.get_array_module(tokens)
+        sampler = _Sampler(temperature, top_k, top_p, seed, self.device)
+        block_size, cache = self.config.block_size, None
+        for _ in range(max_new_tokens):
+            n = tokens.shape[1]
+            if not use_cache or n > block_size:  # cropping shifts every position: recompute in full
+                x = self.hidden_states(tokens[:, -block_size:])
+            elif cache is None:  # first step: fill the cache with the whole prompt
+                cache = KVCache(self.config, tokens.shape[0], self.wte.weight.dtype, self.device)
+                x = self.hidden_states(tokens, cache)
+            else:  # one new position, attending over the cached ones
+                x = self.hidden_states(tokens[:, -1:], cache)
+            logits = self.lm_logits(x[:, -1:, :])  # (B, 1, vocab_size): only the last position is needed
+            next_token = sampler(logits.data[:, 0, :])  # (B,)
+            tokens = xp.concatenate([tokens, next_token[:, None]], axis=1)  # (B, n + 1)
+        return backend.to_numpy(tokens)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
+    """Fixed position encodings (Vaswani et al. 2017): sin on even channels, cos on odd ones.
+
+    Returns:
+        a Tensor (n_positions, dim) in the default float dtype, without gradient.
+    """
+    xp = backend.xp_for(backend.DEFAULT_DEVICE)
+    position = xp.arange(n_positions, dtype="float64")[:, None]  # (P, 1)
+    freq = xp.exp(xp.arange(0, dim, 2, dtype="float64") * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
+    table = xp.zeros((n_positions, dim), dtype="float64")
+    table[:, 0::2] = xp.sin(position * freq)
+    table[:, 1::2] = xp.cos(position * freq[: dim // 2])
+    return Tensor(table)  # float64 once at build time, then cast to the default dtype
+
+
+def _token_array(idx, device: str):
+    """Token ids as a 2-D integer array on `device`, or a clear error."""
+    data = backend.asarray(idx.data if isinstance(idx, Tensor) else idx, device=device)
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"token ids must be integers, got dtype {data.dtype}")
+    if data.ndim != 2:
+        raise ValueError(f"token ids must have shape (B, T), got shape {tuple(data.shape)}")
+    return data
+
+
+def _check_sampling(temperature, top_k, top_p, max_new_tokens) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"generate: top_k must be a positive integer or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+
+
+class _Sampler:
+    """Picks the next token from last-position logits: greedy, or sampled after temperature / top-k / top-p."""
+
+    def __init__(self, temperature: float, top_k, top_p, seed, device: str):
+        self.temperature, self.top_k, self.top_p, self.device = temperature, top_k, top_p, device
+        # a per-call generator when seeded, so the library's own stream is left untouched
+        self.rng = backend.np.random.default_rng(seed) if seed is not None else None
+
+    def __call__(self, logits):
+        """logits (B, V) raw array -> next token ids (B,) int64."""
+        xp = backend.get_array_module(logits)
+        if self.temperature == 0:
+            return logits.argmax(axis=-1).astype("int64")
+        logits = logits / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = xp.partition(logits, -self.top_k, axis=-1)[:, -self.top_k][:, None]  # (B, 1)
+            logits = xp.where(logits < kth, -xp.inf, logits)
+        probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))  # (B, V)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        if self.top_p is not None and self.top_p < 1.0:
+            probs = _nucleus(probs, self.top_p)
+        u = self._uniform(probs.shape[0], probs.dtype)  # (B, 1)
+        cdf = xp.cumsum(probs, axis=-1)  # (B, V)
+        # inverse CDF: the first token whose cumulative probability exceeds u * total
+        return (cdf > u * cdf[:, -1:]).argmax(axis=-1).astype("int64")
+
+    def _uniform(self, n: int, dtype):
+        if self.rng is None:
+            return backend.rand((n, 1), dtype, self.device)
+        return backend.asarray(self.rng.random((n, 1)), dtype=dtype, device=self.device)
+
+
+def _nucleus(probs, top_p: float):
+    """Zero all but the most likely tokens whose probabilities first reach top_p (the top one always stays)."""
+    xp = backend.get_array_module(probs)
+    sorted_probs = -xp.sort(-probs, axis=-1)  # (B, V) most likely first
+    before = xp.cumsum(sorted_probs, axis=-1) - sorted_probs  # mass of the strictly more likely tokens
+    n_keep = (before < top_p).sum(axis=-1, keepdims=True)  # (B, 1), at least 1
+    threshold = xp.take_along_axis(sorted_probs, n_keep - 1, axis=-1)  # (B, 1) smallest kept probability
+    probs = xp.where(probs >= threshold, probs, 0.0).astype(probs.dtype)  # ties with it stay too
+    return probs / probs.sum(axis=-1, keepdims=True)

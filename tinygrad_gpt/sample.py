@@ -1,0 +1,160 @@
+"""Generate text from a trained checkpoint: `python -m tinygrad_gpt.sample --out_dir out --prompt "def "`.
+
+Prints each prompt followed by its continuation. `--prompt FILE:path` reads the prompt from a file;
+`--interactive` reads one prompt per line from stdin until an empty line or end of input.
+Generation uses the model's key/value cache, so each new character costs one position's work.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
+from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
+from tinygrad_gpt.data import CharTokenizer, format_chars
+from tinygrad_gpt.model import GPT, GPTConfig
+
+PROG = "python -m tinygrad_gpt.sample"
+SEPARATOR = "---------------"
+
+
+@dataclass
+class SampleConfig:
+    """Settings of `python -m tinygrad_gpt.sample`; each field is a flag."""
+
+    out_dir: str = option("out", "a training run's out_dir, or a checkpoint directory")
+    checkpoint: str = option("best", "which checkpoint of out_dir to load", choices=("best", "latest"))
+    prompt: str = option("\n", "text to continue, or FILE:path to read it from a file")
+    num_samples: int = option(1, "number of samples per prompt")
+    max_new_tokens: int = option(500, "characters generated per sample")
+    temperature: float = option(0.8, "1.0 samples as trained, lower is more conservative, 0 is greedy")
+    top_k: int | None = option(200, "sample among the k most likely characters only (0 or none: all)")
+    top_p: float = option(1.0, "sample among the most likely characters holding this probability mass (1.0: all)")
+    seed: int | None = option(1337, "random seed (none: a different sample each time)")
+    interactive: bool = option(False, "read prompts from stdin, one per line; an empty line or EOF quits")
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise UsageError(f"--num_samples must be >= 1, got {self.num_samples}")
+        if self.max_new_tokens < 0:
+            raise UsageError(f"--max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise UsageError(f"--top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top_p must be in (0, 1], got {self.top_p}")
+
+
+def default_prompt(tokenizer: CharTokenizer) -> str:
+    """A newline when the vocabulary has one (the start of a line), else its first character."""
+    return "\n" if "\n" in tokenizer.chars else tokenizer.chars[0]
+
+
+def encode_prompt(tokenizer: CharTokenizer, prompt: str):
+    """The prompt's ids (T,), or a UsageError naming the characters the model never saw."""
+    unknown = tokenizer.unknown_chars(prompt)
+    if unknown:
+        raise UsageError(f"the prompt has characters not in the model's vocabulary: {format_chars(unknown)}")
+    return tokenizer.encode(prompt or default_prompt(tokenizer))
+
+
+def sample_texts(
+    model: GPT, tokenizer: CharTokenizer, prompt: str, num_samples: int, max_new_tokens: int,
+    temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,
+) -> list[str]:  # fmt: skip
+    """Continue `prompt` num_samples times, in one batch.
+
+    Returns:
+        num_samples strings, each the prompt followed by max_new_tokens generated characters.
+    """
+    ids = encode_prompt(tokenizer, prompt)
+    idx = ids[None, :].repeat(num_samples, axis=0)  # (num_samples, T)
+    top_k = top_k or None  # 0 means no limit
+    top_p = top_p if top_p is not None and top_p < 1.0 else None
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    start = len(ids) - len(prompt)  # 1 when an empty prompt was replaced by default_prompt, else 0
+    return [tokenizer.decode(row)[start:] for row in out]
+
+
+def load_model(out_dir: str, which: str) -> tuple[GPT, CharTokenizer, Path]:
+    """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode."""
+    other = "latest" if which == "best" else "best"
+    ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}")), with_optimizer=False)
+    try:
+        tokenizer = CharTokenizer(ckpt.meta["vocab"])
+        model = GPT(GPTConfig(**ckpt.meta["model_config"]))
+    except (KeyError, TypeError) as e:
+        raise UsageError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    model.load_state_dict(ckpt.model_state)
+    model.eval()
+    return model, tokenizer, ckpt.path
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt text: `prompt` itself, or the content of the file after 'FILE:'."""
+    if not prompt.startswith("FILE:"):
+        return prompt
+    path = Path(prompt[len("FILE:") :]).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"prompt file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise UsageError(f"cannot read prompt file {path}: {e.strerror or e}") from None
+
+
+def print_samples(texts: list[str]) -> None:
+    for text in texts:
+        print(text)
+        print(SEPARATOR, flush=True)
+
+
+def interactive(config: SampleConfig, model: GPT, tokenizer: CharTokenizer) -> None:
+    """Prompt loop on stdin: each line is continued; an empty line or EOF quits."""
+    marker = "prompt> " if sys.stdin.isatty() else ""
+    while True:
+        try:
+            line = input(marker)
+        except EOFError:
+            break
+        if not line:
+            break
+        try:
+            texts = sample_texts(model, tokenizer, line, config.num_samples, config.max_new_tokens,
+                                 config.temperature, config.top_k, config.top_p, config.seed)  # fmt: skip
+        except UsageError as e:  # an unknown character: say so and ask again
+            print(f"{PROG}: {e}", file=sys.stderr, flush=True)
+            continue
+        print_samples(texts)
+
+
+def main(argv=None) -> int:
+    """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input)."""
+    try:
+        values, _ = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
+        config = SampleConfig(**values)
+        prompt = read_prompt(config.prompt)
+        model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
+        print(f"loaded {path} ({model.num_parameters():,} parameters)", file=sys.stderr, flush=True)
+        if config.interactive:
+            interactive(config, model, tokenizer)
+            return 0
+        texts = sample_texts(model, tokenizer, prompt, config.num_samples, config.max_new_tokens,
+                             config.temperature, config.top_k, config.top_p, config.seed)  # fmt: skip
+    except SystemExit as e:
+        return e.code or 0
+    except (UsageError, ValueError, OSError) as e:
+        return report_error(PROG, e)
+    except KeyboardInterrupt:
+        return 130
+    print_samples(texts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
