@@ -48,3 +48,25 @@ def test_kernels_match_numpy_path(name, fn, shapes, dtype, tol):
     for k, (a, b) in enumerate(zip(with_kernels, without)):
         scale = max(1.0, float(np.abs(b).max()))
         assert np.abs(a - b).max() <= tol * scale, f"{name}: output/gradient {k} differs"
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+def test_adamw_kernel_matches_numpy_update(dtype, tol):
+    from tinygrad_gpt.optim import adamw_update_
+
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(1000).astype(dtype) for _ in range(3)]
+    start[2] = np.abs(start[2])  # exp_avg_sq is non-negative
+    grad = rng.standard_normal(1000).astype(dtype)
+    results = []
+    for enabled in (True, False):
+        cpu_kernels.enabled = enabled
+        try:
+            param, exp_avg, exp_avg_sq = (a.copy() for a in start)
+            for step in (1, 2, 3):
+                adamw_update_(param, grad.copy(), exp_avg, exp_avg_sq, 1e-2, 0.9, 0.99, 1e-8, 0.1, step)
+            results.append((param, exp_avg, exp_avg_sq))
+        finally:
+            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad_gpt import backend
+from tinygrad_gpt import backend, cpu_kernels
 from tinygrad_gpt.tensor import Tensor
 
 # ---------------------------------------------------------------- the Adam update
@@ -42,6 +42,11 @@ def adamw_update_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weigh
     xp = backend.get_array_module(param)
     bias_correction1 = 1.0 - beta1**step
     bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    if param.ndim == 1 and all(cpu_kernels.use(a) for a in (param, grad, exp_avg, exp_avg_sq)):
+        # one multi-threaded pass instead of 13 single-threaded ones
+        cpu_kernels.adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+                           bias_correction1, bias_correction2_sqrt)
+        return
     if weight_decay != 0.0:
         param *= 1.0 - lr * weight_decay
     exp_avg *= beta1
@@ -214,7 +219,7 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         """p -= lr * buf, buf = momentum * buf + (g + weight_decay * p) (buf = g alone without momentum)."""
-        i = 0
+        i = -1  # the parameter's index, counted across groups
         for group in self.param_groups:
             lr, momentum, weight_decay = float(group["lr"]), float(group["momentum"]), float(group["weight_decay"])
             for p in group["params"]:
@@ -225,9 +230,9 @@ class SGD(Optimizer):
                 if weight_decay != 0.0:
                     g = g + p.data * weight_decay
                 if momentum != 0.0:
-                    buf = self._momentum_buffers[i - 1]
+                    buf = self._momentum_buffers[i]
                     if buf is None:  # xp.array, not .copy(): a 0-d result may be a NumPy scalar
-                        buf = self._momentum_buffers[i - 1] = backend.get_array_module(g).array(g, copy=True)
+                        buf = self._momentum_buffers[i] = backend.get_array_module(g).array(g, copy=True)
                     else:
                         buf *= momentum
                         buf += g

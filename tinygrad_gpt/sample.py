@@ -140,6 +140,8 @@ def main(argv=None) -> int:
         config = SampleConfig(**values)
         prompt = read_prompt(config.prompt)
         model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
+        if not config.interactive:
+            encode_prompt(tokenizer, prompt)  # unknown characters are reported before anything else
         print(f"loaded {path} ({model.num_parameters():,} parameters)", file=sys.stderr, flush=True)
         if config.interactive:
             interactive(config, model, tokenizer)

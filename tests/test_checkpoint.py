@@ -1,0 +1,142 @@
+"""Checkpoint directories: round trips of model and optimizer state, atomic replacement, clear errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tinygrad_gpt import checkpoint, manual_seed
+from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.optim import AdamW
+
+
+def _tiny_model_and_optimizer(seed=0):
+    manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.1))
+    return model, AdamW(model.param_groups(0.1), lr=1e-2)
+
+
+def _train_step(model, optimizer, seed):
+    rng = np.random.default_rng(seed)
+    x, y = rng.integers(0, 11, (2, 8)), rng.integers(0, 11, (2, 8))
+    _, loss = model(x, y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def test_model_and_optimizer_resume_bit_for_bit(tmp_path):
+    """Save after two steps, load into fresh objects: the next steps give identical losses and weights."""
+    from tinygrad_gpt import backend
+
+    model, optimizer = _tiny_model_and_optimizer()
+    for s in range(2):
+        _train_step(model, optimizer, s)
+    meta = {"rng_state": backend.get_rng_state(), "note": "ok"}
+    save_checkpoint(tmp_path / "ckpt_latest", model.state_dict(), optimizer.state_dict(), meta)
+    expected = [_train_step(model, optimizer, s) for s in (2, 3)]
+
+    model2, optimizer2 = _tiny_model_and_optimizer(seed=5)  # different init, overwritten by the load
+    ckpt = load_checkpoint(tmp_path / "ckpt_latest")
+    model2.load_state_dict(ckpt.model_state)
+    optimizer2.load_state_dict(ckpt.optim_state)
+    backend.set_rng_state(ckpt.meta["rng_state"])  # dropout masks continue too
+    assert ckpt.meta["note"] == "ok"
+    assert [_train_step(model2, optimizer2, s) for s in (2, 3)] == expected
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(model2.state_dict()[name], value)
+
+
+def test_nested_state_with_integer_keys_round_trips():
+    state = {"state": {0: {"step": 3, "m": np.ones(2, np.float32)}, 5: {"step": 1, "m": np.zeros(1)}},
+             "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0, 5]}]}  # fmt: skip
+    tensors, skeleton = checkpoint.flatten_state(state)
+    assert set(tensors) == {"state.0.m", "state.5.m"}
+    back = checkpoint.unflatten_state(tensors, skeleton)
+    assert set(back["state"]) == {0, 5} and back["state"][0]["step"] == 3
+    np.testing.assert_array_equal(back["state"][0]["m"], np.ones(2))
+    assert back["param_groups"][0]["betas"] == [0.9, 0.99]
+
+
+def _save(path, value: float, meta=None):
+    return save_checkpoint(path, {"w": np.full(3, value, np.float32)}, None, meta or {"value": value})
+
+
+def test_saving_replaces_the_old_checkpoint_and_leaves_no_temporaries(tmp_path):
+    _save(tmp_path / "ckpt_latest", 1.0)
+    _save(tmp_path / "ckpt_latest", 2.0)
+    ckpt = load_checkpoint(tmp_path / "ckpt_latest")
+    assert ckpt.meta["value"] == 2.0 and ckpt.model_state["w"][0] == 2.0 and ckpt.optim_state is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_latest"]
+    assert sorted(p.name for p in (tmp_path / "ckpt_latest").iterdir()) == ["meta.json", "model.safetensors"]
+
+
+@pytest.mark.parametrize("fail_at", ["write", "swap"])
+def test_a_crash_mid_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, fail_at):
+    """Simulate a crash by raising from the test hook at each stage; the old checkpoint must still load."""
+    _save(tmp_path / "ckpt_latest", 1.0)
+
+    def crash(stage):
+        if stage == fail_at:
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(checkpoint, "_test_pause", crash)
+    monkeypatch.setenv(checkpoint._PAUSE_ENV, f"{fail_at}:0")
+    with pytest.raises(SystemExit):
+        _save(tmp_path / "ckpt_latest", 2.0)
+    assert find_checkpoint(tmp_path) == tmp_path / "ckpt_latest"
+    assert load_checkpoint(tmp_path / "ckpt_latest").meta["value"] == 1.0
+    monkeypatch.undo()
+    _save(tmp_path / "ckpt_latest", 3.0)  # the next save recovers and cleans up
+    assert load_checkpoint(tmp_path / "ckpt_latest").meta["value"] == 3.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_latest"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+    monkeypatch.undo()
+    checkpoint.atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new"
+
+
+def test_damaged_checkpoints_are_clear_errors(tmp_path):
+    path = _save(tmp_path / "ckpt", 1.0)
+    model_file = path / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[:-4])  # truncated
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(path)
+    model_file.unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        load_checkpoint(path)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json is unreadable"):
+        load_checkpoint(path)
+    (path / "meta.json").write_text('{"format": "something else"}')
+    with pytest.raises(CheckpointError, match="not a tinygrad_gpt checkpoint"):
+        load_checkpoint(path)
+
+
+def test_find_checkpoint_prefers_best_and_explains_what_is_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        find_checkpoint(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        find_checkpoint(tmp_path)
+    _save(tmp_path / "ckpt_latest", 1.0)
+    assert find_checkpoint(tmp_path) == tmp_path / "ckpt_latest"
+    _save(tmp_path / "ckpt_best", 1.0)
+    assert find_checkpoint(tmp_path) == tmp_path / "ckpt_best"
+    assert find_checkpoint(tmp_path, prefer=("ckpt_latest",)) == tmp_path / "ckpt_latest"
+    assert find_checkpoint(tmp_path / "ckpt_latest") == tmp_path / "ckpt_latest"
