@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import requires_torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"

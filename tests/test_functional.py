@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import compare_with_torch, requires_torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import compare_with_torch, requires_torch
 from tinygrad_gpt import Tensor, gradcheck
 from tinygrad_gpt.nn import functional as F
 

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
-from helpers import requires_torch
 
 import tinygrad_gpt
+from helpers import requires_torch
 from tinygrad_gpt import Tensor, gradcheck, nn
 from tinygrad_gpt.model import GPT, GPTConfig, KVCache, _Sampler
 from tinygrad_gpt.optim import AdamW

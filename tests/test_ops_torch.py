@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import compare_with_torch, requires_torch
 
+from helpers import compare_with_torch, requires_torch
 from tinygrad_gpt import Tensor, cat, matmul, stack, where
 
 pytestmark = requires_torch

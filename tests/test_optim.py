@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from helpers import HAS_TORCH, requires_torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import HAS_TORCH, requires_torch
 from tinygrad_gpt import Tensor, nn
 from tinygrad_gpt.optim import SGD, Adam, AdamW, clip_grad_norm_, cosine_lr
 
