@@ -41,6 +41,7 @@ from harness import (
 )
 
 N_BATCHES = 4  # distinct random batches, cycled (identical in both workers)
+HANDOFF_PAUSE_S = 0.1  # between blocks, so BLAS threads the last worker left spinning (~30 ms) have gone to sleep
 
 
 def make_batches(cfg: dict, seed: int) -> list:
@@ -207,6 +208,7 @@ def run_blocks(args, cfg: dict, env: dict) -> dict:
         for block in range(args.blocks):
             order = args.frameworks if block % 2 == 0 else args.frameworks[::-1]
             for fw in order:
+                time.sleep(HANDOFF_PAUSE_S)
                 reply = workers[fw].call("run", steps=args.steps)
                 results[fw]["times"] += reply["times"]
                 results[fw]["losses"].append(reply["loss"])

@@ -11,6 +11,12 @@ from tinygrad_gpt.nn import functional as F
 pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba not installed: only the NumPy path exists")
 
 
+@pytest.fixture(autouse=True)
+def _kernels_even_for_tiny_arrays(monkeypatch):
+    """The test arrays are small: make the kernels run on them (normally only large arrays use them)."""
+    monkeypatch.setattr(cpu_kernels, "min_size", 0)
+
+
 def _run_both(fn, *arrays, dtype):
     """fn's output and input gradients with the numba kernels on and off."""
     results = []

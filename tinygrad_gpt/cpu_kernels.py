@@ -27,13 +27,16 @@ except ImportError:
     AVAILABLE = False
 
 enabled = AVAILABLE  # flipped by tests to compare both paths
+# below this many elements, starting the threads costs more than the kernel saves
+min_size = 16384
 
 
 def use(array) -> bool:
-    """Whether to run the numba kernel on `array` (a C-contiguous float32/64 host array)."""
+    """Whether to run the numba kernel on `array` (a large C-contiguous float32/64 host array)."""
     return (
         enabled
         and isinstance(array, np.ndarray)
+        and array.size >= min_size
         and array.dtype in (np.float32, np.float64)
         and array.flags.c_contiguous
     )
