@@ -193,6 +193,22 @@ def test_loss_curve_png(tmp_path, capsys):
     assert (tmp_path / "out" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_toml_without_tomllib_asks_for_json(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10 has no tomllib
+    (tmp_path / "run.toml").write_text("n_layer = 2\n")
+    assert train.main(["--config", str(tmp_path / "run.toml")]) == 2
+    assert "needs Python 3.11+" in one_error_line(capsys.readouterr().err, TRAIN_ERROR)
+
+
+def test_without_tqdm_progress_is_a_plain_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails as if it were not installed
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} {TINY} --max_iters 4 --log_interval 2"
+    assert train.main(args.split()) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"iter 2/4: loss [\d.]+, [\d,]+ tokens/s\niter 4/4: loss", out) and "it/s" not in err
+
+
 # ---------------------------------------------------------------- exact resume and fine-tuning
 
 
@@ -252,6 +268,8 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_last_good_checkpoint(tmp_pat
     ckpt = load_checkpoint(find_checkpoint(tmp_path / "out", prefer=("ckpt_latest",)))
     assert ckpt.meta["iter_num"] == 5
     assert sample.main(["--out_dir", str(tmp_path / "out"), "--checkpoint", "latest", "--max_new_tokens", "5"]) == 0
+    with open(tmp_path / "out" / "metrics.jsonl", "a") as f:
+        f.write('{"iter": 7, "lo')  # a line cut short by the kill
     resumed = run("train", "--init_from resume --out_dir out --max_iters 10", tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert [r[0] for r in losses(tmp_path / "out") if len(r) == 2] == list(range(1, 11))  # no duplicated lines
@@ -264,8 +282,8 @@ def test_fine_tuning_on_new_text_keeps_the_weights_and_grows_the_vocabulary(trai
     before = snapshot(trained / "out")
     (tmp_path / "new.txt").write_text("Fine-tuning on new text: QUIZ! " * 30)
     args = ["--init_from", str(source), "--data", str(tmp_path / "new.txt"), "--out_dir", str(tmp_path / "ft"),
-            "--max_iters", "0", "--eval_iters", "1", "--max_new_tokens", "0", "--plot", "false"]  # fmt: skip
-    assert train.main(args) == 0
+            "--eval_iters", "1", "--max_new_tokens", "5", "--plot", "false"]  # fmt: skip
+    assert train.main([*args, "--max_iters", "0"]) == 0  # only the initial evaluation and checkpoint
     assert "new characters added to the vocabulary" in capsys.readouterr().out
     old, new = load_checkpoint(source), load_checkpoint(tmp_path / "ft" / "ckpt_latest")
     n_old = len(old.meta["vocab"])
@@ -275,8 +293,8 @@ def test_fine_tuning_on_new_text_keeps_the_weights_and_grows_the_vocabulary(trai
         if name != "wte.weight":
             np.testing.assert_array_equal(new.model_state[name], value)
     assert new.meta["model_config"]["n_embd"] == 16  # the shape comes from the checkpoint, not the defaults
-    assert train.main([*args[:-8], "--max_iters", "5", "--eval_interval", "5", "--eval_iters", "1",
-                       "--max_new_tokens", "5", "--plot", "false"]) == 0  # fmt: skip
+    assert train.main([*args, "--max_iters", "5", "--dropout", "0.1"]) == 0  # and it trains
+    assert load_checkpoint(tmp_path / "ft" / "ckpt_latest").meta["iter_num"] == 5
     assert snapshot(trained / "out") == before  # the source checkpoint is untouched
 
 

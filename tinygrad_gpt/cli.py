@@ -92,13 +92,17 @@ def _check_value(key: str, value, base: type, optional: bool, source: str):
 # ---------------------------------------------------------------- parser
 
 
-def build_parser(config_cls, prog: str, description: str) -> ArgumentParser:
+def build_parser(config_cls, prog: str, description: str, epilog: str | None = None) -> ArgumentParser:
     """An argparse parser with one `--field` flag per dataclass field, plus `--config FILE`.
 
     Flags default to argparse.SUPPRESS, so the parsed namespace holds only the flags given.
     """
     parser = ArgumentParser(
-        prog=prog, description=description, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",
@@ -136,7 +140,7 @@ def load_config_file(path: str, config_cls) -> dict:
         else:
             try:
                 import tomllib
-            except ModuleNotFoundError:  # Python 3.10
+            except ImportError:  # Python 3.10
                 raise UsageError(
                     f"{path}: reading TOML needs Python 3.11+ (tomllib); write the same keys as a .json file"
                 ) from None
@@ -160,7 +164,7 @@ def load_config_file(path: str, config_cls) -> dict:
     return values
 
 
-def parse_args(config_cls, argv, prog: str, description: str) -> tuple[dict, set]:
+def parse_args(config_cls, argv, prog: str, description: str, epilog: str | None = None) -> tuple[dict, set]:
     """Defaults, then the config file, then the flags.
 
     Args:
@@ -172,7 +176,7 @@ def parse_args(config_cls, argv, prog: str, description: str) -> tuple[dict, set
         SystemExit(2) for unknown flags and ill-typed values (after one line on stderr), SystemExit(0)
         after --help; UsageError for a bad config file.
     """
-    namespace = vars(build_parser(config_cls, prog, description).parse_args(argv))
+    namespace = vars(build_parser(config_cls, prog, description, epilog).parse_args(argv))
     config_path = namespace.pop("config", None)
     given = load_config_file(config_path, config_cls) if config_path else {}
     given.update(namespace)

@@ -7,6 +7,7 @@ Generation uses the model's key/value cache, so each new character costs one pos
 
 from __future__ import annotations
 
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,8 @@ def main(argv=None) -> int:
     try:
         values, _ = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
         config = SampleConfig(**values)
+        if config.seed is None:
+            config.seed = secrets.randbits(32)  # a fresh sample each run
         prompt = read_prompt(config.prompt)
         model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
         if not config.interactive:

@@ -27,14 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt import backend, no_grad
-from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
 from tinygrad_gpt.data import BatchSampler, CharTokenizer, build_dataset, load_corpus
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm_, cosine_lr
+from tinygrad_gpt.sample import default_prompt, sample_texts
 
 PROG = "python -m tinygrad_gpt.train"
 DEFAULT_MAX_ITERS = 2000  # the no-argument run: about 5 minutes on 2 CPU cores
+EXAMPLES = """examples:
+  python -m tinygrad_gpt.train                                  # Python's docs, default model, ~5 minutes
+  python -m tinygrad_gpt.train --data shakespeare --out_dir out-shakespeare
+  python -m tinygrad_gpt.train --init_from resume               # continue out/ exactly where it stopped
+  python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1
+  python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
+"""
 MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "norm", "pos_encoding", "tie_weights")
 
 
@@ -201,13 +209,21 @@ class MetricsLog:
         """Start afresh, or (resume) keep the lines up to the checkpoint's iteration and append."""
         self.path = path
         kept = []
-        if keep_until_iter is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["iter"] <= keep_until_iter]
+        if keep_until_iter is not None and path.exists():  # drop what a crashed run logged after its checkpoint
+            kept = [line for line in path.read_text().splitlines() if _iter_of(line) <= keep_until_iter]
         path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, **record) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _iter_of(line: str) -> float:
+    """The "iter" of a metrics line; infinity for a line cut short by a crash, so it is dropped."""
+    try:
+        return json.loads(line)["iter"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 class StopRequest:
@@ -389,14 +405,7 @@ def train(run: Run) -> int:
     tokens_per_iter = config.batch_size * config.block_size
     resumed_at = run.iter_num if config.init_from == "resume" else None
     metrics = MetricsLog(run.out_dir / "metrics.jsonl", keep_until_iter=resumed_at)
-    n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
-    print(
-        f"{model.num_parameters():,} parameters, vocabulary of {run.tokenizer.vocab_size} characters, "
-        f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}",
-        flush=True,
-    )
-    if resumed_at is not None:
-        print(f"resuming from iteration {resumed_at} of {config.max_iters}", flush=True)
+    announce(run, device, resumed_at)
     run.started = time.perf_counter()
     progress = Progress(run, device)
     with StopRequest() as stop:
@@ -445,6 +454,19 @@ def train(run: Run) -> int:
     return 0
 
 
+def announce(run: Run, device: str, resumed_at: int | None) -> None:
+    n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
+    print(
+        f"{run.model.num_parameters():,} parameters, vocabulary of {run.tokenizer.vocab_size} characters, "
+        f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}",
+        flush=True,
+    )
+    if resumed_at is not None:
+        print(f"resuming from iteration {resumed_at} of {run.config.max_iters}", flush=True)
+    elif is_checkpoint(run.out_dir / "ckpt_latest"):
+        print(f"note: this new run replaces the checkpoints in {run.out_dir} (--init_from resume continues them)")
+
+
 def diverged(run: Run, progress: Progress, what: str) -> int:
     """Stop on a NaN/inf loss without saving: the checkpoints on disk stay the last good ones."""
     progress.close()
@@ -459,8 +481,6 @@ def diverged(run: Run, progress: Progress, what: str) -> int:
 
 def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
     """Print a sample and the summary line; draw the loss curve."""
-    from tinygrad_gpt.sample import default_prompt, sample_texts
-
     config = run.config
     if config.max_new_tokens > 0:
         run.model.eval()
@@ -516,7 +536,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
 def main(argv=None) -> int:
     """Parse flags, set the run up and train; returns the exit status (2 for bad input)."""
     try:
-        values, explicit = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0])
+        values, explicit = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
         run = setup(values, explicit)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0

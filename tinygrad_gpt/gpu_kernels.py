@@ -1,0 +1,453 @@
+"""Fused CUDA kernels for CuPy arrays: GELU, LayerNorm, softmax cross-entropy, attention softmax, AdamW.
+
+Each CuPy call is one kernel launch that reads and writes whole arrays, so an elementwise chain
+like GELU's backward costs a dozen launches and temporaries; each kernel here is one pass. Every
+kernel has a pure `xp` twin in the module that calls it, gated by `use(array)` as the numba
+kernels are by `cpu_kernels.use`, and tests/test_gpu_kernels.py compares the two.
+
+Importing this module never imports CuPy: the kernels are built on first use, from the cupy
+module that `backend.xp_for("cuda")` hands out. Elementwise kernels are `cupy.ElementwiseKernel`s;
+the row kernels (LayerNorm, softmax cross-entropy, attention softmax) are one CUDA thread block
+per row, reducing in shared memory. float16 arrays are computed in float32 (mixed precision),
+float32 in float32 and float64 in float64. Set TINYGRAD_GPT_GPU_KERNELS=0 to turn them off.
+
+TF32: CuPy's float32 matmuls use TF32 tensor cores only when the environment variable CUPY_TF32=1
+is set before CuPy runs its first float32 matmul (CuPy reads it once, then caches the choice).
+`enable_tf32()` sets it; call it before any tensor math, best before `tinygrad_gpt` is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from tinygrad_gpt import backend
+
+enabled = os.environ.get("TINYGRAD_GPT_GPU_KERNELS", "1") != "0"  # flipped by tests to compare both paths
+
+
+def use(array) -> bool:
+    """Whether to run the fused kernel on `array` (a C-contiguous float16/32/64 CuPy array)."""
+    return (
+        enabled
+        and backend.is_array(array)
+        and backend.device_of(array) == "cuda"
+        and array.dtype in backend.FLOAT_DTYPES
+        and array.flags.c_contiguous
+    )
+
+
+def enable_tf32() -> None:
+    """Let CuPy's float32 matmuls run on TF32 tensor cores (about 10 mantissa bits, much faster).
+
+    Sets CUPY_TF32=1, which CuPy reads at its first float32 matmul; it has no effect after that.
+    """
+    os.environ["CUPY_TF32"] = "1"
+
+
+def _cupy():
+    return backend.xp_for("cuda")  # imports and checks CuPy the first time
+
+
+def _check(name: str, *arrays) -> None:
+    """Raise TypeError unless `arrays` are C-contiguous float CuPy arrays of one dtype."""
+    for a in arrays:
+        if not (backend.is_array(a) and backend.device_of(a) == "cuda" and a.dtype in backend.FLOAT_DTYPES
+                and a.flags.c_contiguous):
+            got = f"{type(a).__name__} of dtype {getattr(a, 'dtype', '?')}"
+            raise TypeError(f"{name}: needs C-contiguous float16/32/64 CuPy arrays, got a {got}")
+    if len({a.dtype for a in arrays}) > 1:
+        raise TypeError(f"{name}: arrays must share one dtype, got {', '.join(str(a.dtype) for a in arrays)}")
+
+
+def _acc_name(dtype_name: str) -> str:
+    """The dtype arithmetic runs in: float64 for float64, float32 for float32 and float16."""
+    return "float64" if dtype_name == "float64" else "float32"
+
+
+def _acc_scalar(dtype, value):
+    """`value` as a NumPy scalar of the accumulation type (kernels need exact C argument types)."""
+    return _cupy().dtype(_acc_name(dtype.name)).type(value)
+
+
+# ---------------------------------------------------------------- elementwise kernels
+
+_CTYPES = {"float16": "unsigned short", "float32": "float", "float64": "double"}  # storage in raw kernels
+
+_GELU_FORWARD = """
+const acc_t v = (acc_t)x;
+const acc_t th = tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v));  // sqrt(2/pi)
+t = (T)th;
+y = (T)((acc_t)0.5 * v * ((acc_t)1 + th));
+"""
+
+_GELU_BACKWARD = """
+const acc_t v = (acc_t)x;
+const acc_t tt = (acc_t)t;
+const acc_t dinner = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)(3 * 0.044715) * v * v);
+gx = (T)((acc_t)gy * ((acc_t)0.5 * ((acc_t)1 + tt) + (acc_t)0.5 * v * ((acc_t)1 - tt * tt) * dinner));
+"""
+
+_ADAMW = """
+const acc_t gi = (acc_t)g;
+const acc_t mi = beta1 * (acc_t)m + ((acc_t)1 - beta1) * gi;
+const acc_t vi = beta2 * (acc_t)v + ((acc_t)1 - beta2) * gi * gi;
+m = (T)mi;
+v = (T)vi;
+p = (T)((acc_t)p * decay - step_size * mi / (sqrt(vi) / bias_c2_sqrt + eps));
+"""
+
+# g holds the softmax on entry; i is the flat index into the (N, C) array
+_CROSS_ENTROPY_BACKWARD = """
+const ptrdiff_t row = i / n_classes;
+const long long target = targets[row];
+acc_t d = (acc_t)g;
+if (i - row * n_classes == target) d -= (acc_t)1;
+g = (T)(target == ignore_index ? (acc_t)0 : d * scale[0]);
+"""
+
+
+@functools.cache
+def _elementwise(acc: str):
+    """The elementwise kernels computing in `acc` ('float32' or 'float64'); T is the arrays' dtype."""
+    cp = _cupy()
+    preamble = f"typedef {_CTYPES[acc]} acc_t;"
+
+    def kernel(in_params, out_params, body, name):
+        return cp.ElementwiseKernel(in_params, out_params, body, f"tinygrad_gpt_{name}", preamble=preamble)
+
+    hyper = ", ".join(f"{acc} {n}" for n in ("beta1", "beta2", "step_size", "decay", "bias_c2_sqrt", "eps"))
+    return {
+        "gelu_forward": kernel("T x", "T y, T t", _GELU_FORWARD, "gelu_forward"),
+        "gelu_backward": kernel("T gy, T x, T t", "T gx", _GELU_BACKWARD, "gelu_backward"),
+        "adamw": kernel(f"T g, {hyper}", "T p, T m, T v", _ADAMW, "adamw"),
+        "cross_entropy_backward": kernel(
+            f"raw int64 targets, raw {acc} scale, int64 ignore_index, int64 n_classes", "T g",
+            _CROSS_ENTROPY_BACKWARD, "cross_entropy_backward"),
+        # sum over rows of lhs * rhs (LayerNorm's weight gradient); a and b are the reduction's own names
+        "column_dot": cp.ReductionKernel(
+            "T lhs, T rhs", "T total", "(acc_t)lhs * (acc_t)rhs", "a + b", "total = (T)a", "0",
+            "tinygrad_gpt_column_dot", reduce_type=_CTYPES[acc], preamble=preamble),
+    }
+
+
+def gelu_forward(x):
+    """GPT-2's GELU in one pass.
+
+    Args:
+        x: any shape.
+    Returns:
+        (y, t): GELU(x) and t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), saved for backward; x's shape.
+    """
+    _check("gelu_forward", x)
+    return _elementwise(_acc_name(x.dtype.name))["gelu_forward"](x)
+
+
+def gelu_backward(gy, x, t):
+    """d GELU(x) / dx * gy, from x and the t that gelu_forward saved; all of one shape."""
+    _check("gelu_backward", gy, x, t)
+    return _elementwise(_acc_name(x.dtype.name))["gelu_backward"](gy, x, t)
+
+
+def adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt) -> None:
+    """One AdamW step in place on arrays of one shape (torch.optim.AdamW's formula); `grad` is only read.
+
+    param <- param (1 - lr wd) - lr / bias_c1 * m / (sqrt(v) / bias_c2_sqrt + eps), with the moments
+    m and v (exp_avg, exp_avg_sq) updated first.
+    """
+    _check("adamw_", param, grad, exp_avg, exp_avg_sq)
+    if not param.shape == grad.shape == exp_avg.shape == exp_avg_sq.shape:
+        raise ValueError(f"adamw_: shapes differ: param {param.shape}, grad {grad.shape}, "
+                         f"exp_avg {exp_avg.shape}, exp_avg_sq {exp_avg_sq.shape}")
+    step_size, decay = lr / bias_c1, 1.0 - lr * weight_decay
+    _elementwise(_acc_name(param.dtype.name))["adamw"](
+        grad, beta1, beta2, step_size, decay, bias_c2_sqrt, eps, param, exp_avg, exp_avg_sq)
+
+
+# ---------------------------------------------------------------- row kernels (one thread block per row)
+
+_ROW_KERNELS = r"""
+// scalar_t: how elements are stored; acc_t: what arithmetic runs in (typedefs prepended per dtype).
+// float16 is stored as its 16 bits and converted with the PTX instructions that cuda_fp16.h's
+// __half2float / __float2half use, so no header has to be found by NVRTC.
+
+__device__ __forceinline__ float load(const float* p, long long k) { return p[k]; }
+__device__ __forceinline__ double load(const double* p, long long k) { return p[k]; }
+__device__ __forceinline__ float load(const unsigned short* p, long long k) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[k]));
+    return f;
+}
+__device__ __forceinline__ void store(float* p, long long k, float v) { p[k] = v; }
+__device__ __forceinline__ void store(double* p, long long k, double v) { p[k] = v; }
+__device__ __forceinline__ void store(unsigned short* p, long long k, float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    p[k] = h;
+}
+
+#define MAX_THREADS 1024
+
+// The sum (or max) of v over the block's threads; blockDim.x must be a power of two.
+__device__ acc_t block_sum(acc_t v, acc_t* buf) {
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
+        __syncthreads();
+    }
+    const acc_t total = buf[0];
+    __syncthreads();  // everyone has read buf[0] before buf is reused
+    return total;
+}
+
+__device__ acc_t block_max(acc_t v, acc_t* buf) {
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (unsigned int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) buf[threadIdx.x] = max(buf[threadIdx.x], buf[threadIdx.x + s]);
+        __syncthreads();
+    }
+    const acc_t total = buf[0];
+    __syncthreads();
+    return total;
+}
+
+// Rows of x (N, C) -> y = xhat * w + b, with xhat = (x - mean) * rstd and rstd (N,) saved.
+extern "C" __global__ void layer_norm_forward(const scalar_t* x, const scalar_t* w, const scalar_t* b,
+                                              const acc_t eps, const int C,
+                                              scalar_t* y, scalar_t* xhat, scalar_t* rstd) {
+    __shared__ acc_t buf[MAX_THREADS];
+    const long long row = (long long)blockIdx.x * C;
+    acc_t s = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) s += load(x, row + j);
+    const acc_t mean = block_sum(s, buf) / C;
+    acc_t ss = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const acc_t d = load(x, row + j) - mean;
+        ss += d * d;
+    }
+    const acc_t r = (acc_t)1 / sqrt(block_sum(ss, buf) / C + eps);
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const acc_t h = (load(x, row + j) - mean) * r;
+        store(xhat, row + j, h);
+        store(y, row + j, h * load(w, j) + load(b, j));
+    }
+    if (threadIdx.x == 0) store(rstd, blockIdx.x, r);
+}
+
+// gx = rstd * (gy w - mean(gy w) - xhat * mean(gy w xhat)) for each row of (N, C).
+extern "C" __global__ void layer_norm_backward(const scalar_t* gy, const scalar_t* xhat, const scalar_t* rstd,
+                                               const scalar_t* w, const int C, scalar_t* gx) {
+    __shared__ acc_t buf[MAX_THREADS];
+    const long long row = (long long)blockIdx.x * C;
+    acc_t s1 = 0, s2 = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        const acc_t g = load(gy, row + j) * load(w, j);
+        s1 += g;
+        s2 += g * load(xhat, row + j);
+    }
+    const acc_t m1 = block_sum(s1, buf) / C;
+    const acc_t m2 = block_sum(s2, buf) / C;
+    const acc_t r = load(rstd, blockIdx.x);
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        store(gx, row + j, r * (load(gy, row + j) * load(w, j) - m1 - load(xhat, row + j) * m2));
+    }
+}
+
+// Rows of logits (N, C) -> probs = softmax(logits) and nll (N,) = -log probs[target] (0 where ignored).
+extern "C" __global__ void softmax_cross_entropy_forward(const scalar_t* logits, const long long* targets,
+                                                         const long long ignore_index, const int C,
+                                                         scalar_t* probs, acc_t* nll) {
+    __shared__ acc_t buf[MAX_THREADS];
+    const long long row = (long long)blockIdx.x * C;
+    acc_t m = load(logits, row + min((int)threadIdx.x, C - 1));  // any element of the row starts the max
+    for (int j = threadIdx.x; j < C; j += blockDim.x) m = max(m, load(logits, row + j));
+    m = block_max(m, buf);  // subtracting the max keeps exp finite
+    acc_t s = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) s += exp(load(logits, row + j) - m);
+    s = block_sum(s, buf);
+    const acc_t inv = (acc_t)1 / s;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) store(probs, row + j, exp(load(logits, row + j) - m) * inv);
+    if (threadIdx.x == 0) {
+        const long long t = targets[blockIdx.x];
+        nll[blockIdx.x] = t == ignore_index ? (acc_t)0 : log(s) - (load(logits, row + t) - m);
+    }
+}
+
+// In place: rows of att (R * Tq rows of Tk raw scores) -> softmax(scale * scores) where query i
+// of its (Tq, Tk) matrix sees keys 0 .. Tk - Tq + i when causal (bottom-right aligned), 0 elsewhere.
+extern "C" __global__ void attention_softmax(scalar_t* att, const acc_t scale, const int t_q, const int t_k,
+                                             const int causal) {
+    __shared__ acc_t buf[MAX_THREADS];
+    const long long row = (long long)blockIdx.x * t_k;
+    const int last = causal ? t_k - t_q + (int)(blockIdx.x % t_q) : t_k - 1;  // the last key this query sees
+    acc_t m = load(att, row + min((int)threadIdx.x, last));
+    for (int j = threadIdx.x; j <= last; j += blockDim.x) m = max(m, load(att, row + j));
+    m = block_max(m, buf);  // the max of the raw scores is the max of the scaled ones (scale > 0)
+    acc_t s = 0;
+    for (int j = threadIdx.x; j <= last; j += blockDim.x) s += exp((load(att, row + j) - m) * scale);
+    s = block_sum(s, buf);
+    const acc_t inv = (acc_t)1 / s;
+    for (int j = threadIdx.x; j < t_k; j += blockDim.x) {
+        store(att, row + j, j <= last ? exp((load(att, row + j) - m) * scale) * inv : (acc_t)0);
+    }
+}
+
+// In place: gatt <- scale * att * (gatt - sum(gatt * att)) along each row of Tk.
+extern "C" __global__ void attention_softmax_backward(scalar_t* gatt, const scalar_t* att, const acc_t scale,
+                                                      const int t_k) {
+    __shared__ acc_t buf[MAX_THREADS];
+    const long long row = (long long)blockIdx.x * t_k;
+    acc_t s = 0;
+    for (int j = threadIdx.x; j < t_k; j += blockDim.x) s += load(gatt, row + j) * load(att, row + j);
+    s = block_sum(s, buf);
+    for (int j = threadIdx.x; j < t_k; j += blockDim.x) {
+        store(gatt, row + j, scale * load(att, row + j) * (load(gatt, row + j) - s));
+    }
+}
+"""
+
+
+def row_kernel_source(dtype_name: str) -> str:
+    """The CUDA source of the row kernels for arrays of `dtype_name` (also used by a compile check)."""
+    acc = _acc_name(dtype_name)
+    return f"typedef {_CTYPES[dtype_name]} scalar_t;\ntypedef {_CTYPES[acc]} acc_t;\n{_ROW_KERNELS}"
+
+
+@functools.cache
+def _row_kernel(dtype_name: str, kernel_name: str):
+    return _row_module(dtype_name).get_function(kernel_name)
+
+
+@functools.cache
+def _row_module(dtype_name: str):
+    return _cupy().RawModule(code=row_kernel_source(dtype_name))
+
+
+def threads_per_row(row_len: int) -> int:
+    """Threads of a row kernel's block: a power of two from 32 (one warp) to 1024, about the row's length."""
+    threads = 32
+    while threads < min(row_len, 1024):
+        threads *= 2
+    return threads
+
+
+def _launch_rows(kernel_name: str, dtype, n_rows: int, row_len: int, args: tuple) -> None:
+    """Run a row kernel with one thread block per row."""
+    if n_rows > 0:
+        _row_kernel(dtype.name, kernel_name)((n_rows,), (threads_per_row(row_len),), args)
+
+
+def layer_norm_forward(x2, w, b, eps: float):
+    """LayerNorm of each row, one thread block per row.
+
+    Args:
+        x2: (N, C); w, b: (C,), all of one dtype; eps: added to the variance.
+    Returns:
+        (y, xhat, rstd): y and xhat (N, C), rstd (N,), in x2's dtype.
+    """
+    _check("layer_norm_forward", x2, w, b)
+    if x2.ndim != 2 or w.shape != (x2.shape[1],) or b.shape != (x2.shape[1],):
+        raise ValueError(f"layer_norm_forward: x2 {x2.shape} must be (N, C) with w {w.shape} and b {b.shape} (C,)")
+    cp = _cupy()
+    n, c = x2.shape
+    y, xhat, rstd = cp.empty_like(x2), cp.empty_like(x2), cp.empty(n, dtype=x2.dtype)
+    _launch_rows("layer_norm_forward", x2.dtype, n, c,
+                 (x2, w, b, _acc_scalar(x2.dtype, eps), cp.int32(c), y, xhat, rstd))
+    return y, xhat, rstd
+
+
+def layer_norm_backward(gy2, xhat, rstd, w):
+    """Gradients of LayerNorm from what layer_norm_forward saved.
+
+    Args:
+        gy2, xhat: (N, C); rstd: (N,); w: (C,), all of one dtype.
+    Returns:
+        (gx (N, C), gw (C,), gb (C,)).
+    """
+    _check("layer_norm_backward", gy2, xhat, rstd, w)
+    if gy2.ndim != 2 or xhat.shape != gy2.shape or rstd.shape != gy2.shape[:1] or w.shape != gy2.shape[1:]:
+        raise ValueError(f"layer_norm_backward: shapes gy2 {gy2.shape}, xhat {xhat.shape}, rstd {rstd.shape}, "
+                         f"w {w.shape} do not fit (N, C), (N, C), (N,), (C,)")
+    cp = _cupy()
+    n, c = gy2.shape
+    gx = cp.empty_like(gy2)
+    _launch_rows("layer_norm_backward", gy2.dtype, n, c, (gy2, xhat, rstd, w, cp.int32(c), gx))
+    acc = _acc_name(gy2.dtype.name)
+    gw = _elementwise(acc)["column_dot"](gy2, xhat, axis=0)  # (C,)
+    gb = cp.sum(gy2, axis=0, dtype=acc).astype(gy2.dtype, copy=False)  # (C,)
+    return gx, gw, gb
+
+
+def softmax_cross_entropy_forward(logits2, targets, ignore_index: int):
+    """Mean cross-entropy over the rows whose target is not `ignore_index`, without a host sync.
+
+    Args:
+        logits2: (N, C) floats; targets: (N,) integers in [0, C) or ignore_index.
+    Returns:
+        (loss, probs): a 0-d array in logits2's dtype (NaN when every row is ignored) and the
+        softmax (N, C), which softmax_cross_entropy_backward_ turns into the gradient.
+    """
+    _check("softmax_cross_entropy_forward", logits2)
+    if logits2.ndim != 2 or targets.shape != logits2.shape[:1]:
+        raise ValueError(f"softmax_cross_entropy_forward: logits {logits2.shape} must be (N, C) with targets "
+                         f"(N,), got targets {targets.shape}")
+    cp = _cupy()
+    n, c = logits2.shape
+    acc = _acc_name(logits2.dtype.name)
+    targets = cp.ascontiguousarray(targets, dtype=cp.int64)
+    probs, nll = cp.empty_like(logits2), cp.empty(n, dtype=acc)
+    _launch_rows("softmax_cross_entropy_forward", logits2.dtype, n, c,
+                 (logits2, targets, cp.int64(ignore_index), cp.int32(c), probs, nll))
+    n_valid = (targets != ignore_index).sum().astype(acc)
+    loss = (nll.sum() / n_valid).astype(logits2.dtype)  # 0 / 0 = NaN when no target is valid
+    return loss, probs
+
+
+def softmax_cross_entropy_backward_(probs, targets, ignore_index: int, gy):
+    """In place: probs <- (probs - one_hot(targets)) * gy / n_valid, zero on ignored rows.
+
+    Args:
+        probs: (N, C), the softmax from softmax_cross_entropy_forward; targets: (N,) integers;
+        gy: the loss's gradient (a 0-d array or a float).
+    Returns:
+        probs, now the gradient w.r.t. the logits.
+    """
+    _check("softmax_cross_entropy_backward_", probs)
+    if probs.ndim != 2 or targets.shape != probs.shape[:1]:
+        raise ValueError(f"softmax_cross_entropy_backward_: probs {probs.shape} must be (N, C) with targets "
+                         f"(N,), got targets {targets.shape}")
+    cp = _cupy()
+    acc = _acc_name(probs.dtype.name)
+    targets = cp.ascontiguousarray(targets, dtype=cp.int64)
+    n_valid = cp.maximum((targets != ignore_index).sum(), 1).astype(acc)
+    scale = (cp.asarray(gy, dtype=acc) / n_valid).reshape(1)  # stays on the GPU
+    _elementwise(acc)["cross_entropy_backward"](targets, scale, ignore_index, probs.shape[1], probs)
+    return probs
+
+
+def attention_softmax_(att, scale: float, causal: bool) -> None:
+    """In place: raw scores (R, Tq, Tk) -> softmax(scale * scores) with the bottom-right causal mask.
+
+    Query i of each (Tq, Tk) matrix sees keys 0 .. Tk - Tq + i when `causal`; masked entries become 0.
+    `scale` must be positive.
+    """
+    _check("attention_softmax_", att)
+    if att.ndim != 3 or (causal and att.shape[1] > att.shape[2]):
+        raise ValueError(f"attention_softmax_: att {att.shape} must be (R, Tq, Tk), with Tk >= Tq when causal")
+    cp = _cupy()
+    r, t_q, t_k = att.shape
+    _launch_rows("attention_softmax", att.dtype, r * t_q, t_k,
+                 (att, _acc_scalar(att.dtype, scale), cp.int32(t_q), cp.int32(t_k), cp.int32(bool(causal))))
+
+
+def attention_softmax_backward_(gatt, att, scale: float) -> None:
+    """In place: gatt <- scale * att * (gatt - sum(gatt * att)) along the last axis of (R, Tq, Tk)."""
+    _check("attention_softmax_backward_", gatt, att)
+    if att.ndim != 3 or gatt.shape != att.shape:
+        raise ValueError(f"attention_softmax_backward_: gatt {gatt.shape} and att {att.shape} must be one (R, Tq, Tk)")
+    cp = _cupy()
+    r, t_q, t_k = att.shape
+    _launch_rows("attention_softmax_backward", att.dtype, r * t_q, t_k,
+                 (gatt, att, _acc_scalar(att.dtype, scale), cp.int32(t_k)))
