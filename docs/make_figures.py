@@ -148,7 +148,7 @@ def plot_loss_curve(history: History, vocab_size: int, path: Path) -> None:
     ax.plot(iters[window - 1 :], smooth, color="tab:blue", linewidth=1.8, label=f"train ({window}-step mean)")
     ax.plot(history.val_iters, history.val, "o-", color="tab:orange", markersize=3.5, label="validation")
     ax.axhline(math.log(vocab_size), color="gray", linestyle="--", linewidth=1)
-    ax.text(len(iters) * 0.98, math.log(vocab_size), f"uniform guess, ln {vocab_size}", ha="right", va="bottom",
+    ax.text(len(iters), math.log(vocab_size) - 0.05, f"uniform guess: ln {vocab_size}", ha="right", va="top",
             color="gray", fontsize=8)
     ax.set_xlabel("iteration")
     ax.set_ylabel("cross-entropy loss (nats)")
@@ -169,21 +169,21 @@ def plot_attention(weights: list, prompt: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n_layer, n_head = len(weights), weights[0].shape[0]
-    fig, axes = plt.subplots(n_layer, n_head, figsize=(2.1 * n_head + 0.6, 2.2 * n_layer + 0.5), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(n_layer, n_head, figsize=(2.45 * n_head + 1.0, 2.7 * n_layer + 0.4), dpi=100,
+                             squeeze=False, layout="constrained")
     labels = [_label(ch) for ch in prompt]
     ticks = np.arange(len(prompt))
     for layer in range(n_layer):
         for head in range(n_head):
             ax = axes[layer][head]
             image = ax.imshow(weights[layer][head], cmap="viridis", vmin=0.0, vmax=1.0)
-            ax.set_title(f"block {layer}, head {head}", fontsize=8)
-            ax.set_xticks(ticks, labels, fontsize=5.5, family="monospace")
-            ax.set_yticks(ticks, labels, fontsize=5.5, family="monospace")
+            ax.set_title(f"block {layer}, head {head}", fontsize=9)
+            ax.set_xticks(ticks, labels, fontsize=8, family="monospace")
+            ax.set_yticks(ticks, labels if head == 0 else [], fontsize=8, family="monospace")
             ax.tick_params(length=0, pad=1)
-    fig.supxlabel("key position (attended to)", fontsize=8)
-    fig.supylabel("query position", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.supxlabel("key position: the character attended to", fontsize=9)
+    fig.supylabel("query position: the character attending", fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.7, label="attention weight")
     fig.savefig(path)
     plt.close(fig)
 

@@ -64,6 +64,7 @@ def test_docs_exist():
     assert {"tutorial.md", "autograd.md"} <= names, f"docs/ holds {sorted(names)}"
 
 
+@pytest.mark.skipif(backend.BACKEND == "cupy", reason="the docs' snippets pass NumPy masks and batches: NumPy backend")
 @pytest.mark.parametrize("path", [_doc_param(p) for p in DOC_FILES])
 def test_doc_code_blocks_run(path, isolated):
     assert any(lang == "python" for lang, _, _ in code_blocks(path)), f"{path.name} has no python block"
@@ -89,6 +90,26 @@ def test_images_exist_and_are_small_pngs(path):
         assert len(data) < 100_000, f"{target} is {len(data)} bytes; keep committed figures under 100 kB"
 
 
+def _github_anchor(heading: str) -> str:
+    """The id GitHub gives a heading: lowercase, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in DOC_FILES])
+def test_links_point_to_existing_sections_and_files(path):
+    text = path.read_text(encoding="utf-8")
+    prose = FENCE.sub("", text)  # a '#' comment in a code block is not a heading
+    anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", prose, re.MULTILINE)}
+    for target in re.findall(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)", prose):
+        if target.startswith(("http://", "https://")):
+            continue
+        file_part, _, anchor = target.partition("#")
+        if file_part:
+            assert (DOCS / file_part).is_file(), f"{path.name} links to {target}, which does not exist"
+        elif anchor:
+            assert anchor in anchors, f"{path.name} links to #{anchor}, but no heading has that anchor"
+
+
 def test_code_blocks_are_found_with_their_lines(tmp_path):
     doc = tmp_path / "demo.md"
     doc.write_text("Intro\n\n```python\nx = 1\n```\n\ntext\n\n```python\nassert x == 2, 'x'\n```\n")
@@ -100,12 +121,11 @@ def test_code_blocks_are_found_with_their_lines(tmp_path):
 def _load_make_figures():
     spec = importlib.util.spec_from_file_location("make_figures", DOCS / "make_figures.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_figures", module)
+    sys.modules["make_figures"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.slow
 def test_make_figures_quick_writes_both_pngs(isolated):
     pytest.importorskip("matplotlib", reason="make_figures.py needs matplotlib (the 'plot' extra)")
     make_figures = _load_make_figures()

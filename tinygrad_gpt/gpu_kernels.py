@@ -74,9 +74,10 @@ def _acc_scalar(dtype, value):
 
 _CTYPES = {"float16": "unsigned short", "float32": "float", "float64": "double"}  # storage in raw kernels
 
+# 0.7978845608028654 = sqrt(2 / pi); the bodies run once per element, with T the arrays' type
 _GELU_FORWARD = """
 const acc_t v = (acc_t)x;
-const acc_t th = tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v));  // sqrt(2/pi)
+const acc_t th = tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v));
 t = (T)th;
 y = (T)((acc_t)0.5 * v * ((acc_t)1 + th));
 """
@@ -124,10 +125,6 @@ def _elementwise(acc: str):
         "cross_entropy_backward": kernel(
             f"raw int64 targets, raw {acc} scale, int64 ignore_index, int64 n_classes", "T g",
             _CROSS_ENTROPY_BACKWARD, "cross_entropy_backward"),
-        # sum over rows of lhs * rhs (LayerNorm's weight gradient); a and b are the reduction's own names
-        "column_dot": cp.ReductionKernel(
-            "T lhs, T rhs", "T total", "(acc_t)lhs * (acc_t)rhs", "a + b", "total = (T)a", "0",
-            "tinygrad_gpt_column_dot", reduce_type=_CTYPES[acc], preamble=preamble),
     }
 
 
@@ -144,16 +141,26 @@ def gelu_forward(x):
 
 
 def gelu_backward(gy, x, t):
-    """d GELU(x) / dx * gy, from x and the t that gelu_forward saved; all of one shape."""
+    """GELU's input gradient in one pass.
+
+    Args:
+        gy, x, t: the output gradient, the input and the t that gelu_forward saved; one shape.
+    Returns:
+        gx = d GELU(x) / dx * gy, of x's shape.
+    """
     _check("gelu_backward", gy, x, t)
     return _elementwise(_acc_name(x.dtype.name))["gelu_backward"](gy, x, t)
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt) -> None:
-    """One AdamW step in place on arrays of one shape (torch.optim.AdamW's formula); `grad` is only read.
+    """One AdamW step in place (torch.optim.AdamW's formula), as cpu_kernels.adamw_.
 
     param <- param (1 - lr wd) - lr / bias_c1 * m / (sqrt(v) / bias_c2_sqrt + eps), with the moments
-    m and v (exp_avg, exp_avg_sq) updated first.
+    m = exp_avg and v = exp_avg_sq updated first.
+
+    Args:
+        param, grad, exp_avg, exp_avg_sq: arrays of one shape and dtype; `grad` is only read.
+        lr, beta1, beta2, eps, weight_decay: floats; bias_c1 = 1 - beta1^step, bias_c2_sqrt = sqrt(1 - beta2^step).
     """
     _check("adamw_", param, grad, exp_avg, exp_avg_sq)
     if not param.shape == grad.shape == exp_avg.shape == exp_avg_sq.shape:
@@ -252,6 +259,35 @@ extern "C" __global__ void layer_norm_backward(const scalar_t* gy, const scalar_
     const acc_t r = load(rstd, blockIdx.x);
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
         store(gx, row + j, r * (load(gy, row + j) * load(w, j) - m1 - load(xhat, row + j) * m2));
+    }
+}
+
+// Partial column sums for LayerNorm's weight and bias gradients. Block (32, 8) covers 32 columns; block
+// row k of the grid (ceil(C / 32), K) sums rows k * 8 + threadIdx.y, k * 8 + threadIdx.y + 8 K, ... into
+// gw_parts[k] = sum(gy * xhat) and gb_parts[k] = sum(gy), each (K, C); the caller sums over k.
+extern "C" __global__ void layer_norm_param_grads(const scalar_t* gy, const scalar_t* xhat, const int N, const int C,
+                                                  acc_t* gw_parts, acc_t* gb_parts) {
+    __shared__ acc_t sw[8][32];
+    __shared__ acc_t sb[8][32];
+    const int j = blockIdx.x * 32 + threadIdx.x;  // this thread's column: a warp reads 32 neighbours
+    acc_t w = 0, b = 0;
+    if (j < C) {
+        for (int r = blockIdx.y * 8 + threadIdx.y; r < N; r += gridDim.y * 8) {
+            const acc_t g = load(gy, (long long)r * C + j);
+            w += g * load(xhat, (long long)r * C + j);
+            b += g;
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = w;
+    sb[threadIdx.y][threadIdx.x] = b;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < C) {
+        for (int k = 1; k < 8; ++k) {
+            w += sw[k][threadIdx.x];
+            b += sb[k][threadIdx.x];
+        }
+        gw_parts[(long long)blockIdx.y * C + j] = w;
+        gb_parts[(long long)blockIdx.y * C + j] = b;
     }
 }
 
@@ -374,10 +410,13 @@ def layer_norm_backward(gy2, xhat, rstd, w):
     n, c = gy2.shape
     gx = cp.empty_like(gy2)
     _launch_rows("layer_norm_backward", gy2.dtype, n, c, (gy2, xhat, rstd, w, cp.int32(c), gx))
-    acc = _acc_name(gy2.dtype.name)
-    gw = _elementwise(acc)["column_dot"](gy2, xhat, axis=0)  # (C,)
-    gb = cp.sum(gy2, axis=0, dtype=acc).astype(gy2.dtype, copy=False)  # (C,)
-    return gx, gw, gb
+    # gw and gb are sums over rows: K blocks of rows give (K, C) partial sums, then one small sum
+    n_parts = max(1, min(64, -(-n // 64)))
+    gw_parts, gb_parts = cp.zeros((2, n_parts, c), dtype=_acc_name(gy2.dtype.name))
+    if n and c:
+        _row_kernel(gy2.dtype.name, "layer_norm_param_grads")(
+            (-(-c // 32), n_parts), (32, 8), (gy2, xhat, cp.int32(n), cp.int32(c), gw_parts, gb_parts))
+    return gx, gw_parts.sum(axis=0).astype(gy2.dtype), gb_parts.sum(axis=0).astype(gy2.dtype)
 
 
 def softmax_cross_entropy_forward(logits2, targets, ignore_index: int):
@@ -428,10 +467,12 @@ def softmax_cross_entropy_backward_(probs, targets, ignore_index: int, gy):
 
 
 def attention_softmax_(att, scale: float, causal: bool) -> None:
-    """In place: raw scores (R, Tq, Tk) -> softmax(scale * scores) with the bottom-right causal mask.
+    """In place: raw scores -> softmax(scale * scores) along the last axis, with the bottom-right causal mask.
 
-    Query i of each (Tq, Tk) matrix sees keys 0 .. Tk - Tq + i when `causal`; masked entries become 0.
-    `scale` must be positive.
+    Args:
+        att: (R, Tq, Tk) raw scores, overwritten with the probabilities; with `causal`, query i of each
+            (Tq, Tk) matrix sees keys 0 .. Tk - Tq + i (Tk >= Tq) and the others get probability 0.
+        scale: a positive float, usually 1 / sqrt(head_size).
     """
     _check("attention_softmax_", att)
     if att.ndim != 3 or (causal and att.shape[1] > att.shape[2]):
@@ -443,7 +484,12 @@ def attention_softmax_(att, scale: float, causal: bool) -> None:
 
 
 def attention_softmax_backward_(gatt, att, scale: float) -> None:
-    """In place: gatt <- scale * att * (gatt - sum(gatt * att)) along the last axis of (R, Tq, Tk)."""
+    """In place: the gradient w.r.t. the raw scores from the one w.r.t. the probabilities.
+
+    Args:
+        gatt: (R, Tq, Tk), overwritten with scale * att * (gatt - sum(gatt * att, last axis)).
+        att: (R, Tq, Tk), the probabilities attention_softmax_ made; scale: the same scale.
+    """
     _check("attention_softmax_backward_", gatt, att)
     if att.ndim != 3 or gatt.shape != att.shape:
         raise ValueError(f"attention_softmax_backward_: gatt {gatt.shape} and att {att.shape} must be one (R, Tq, Tk)")

@@ -519,7 +519,8 @@ def where(cond, a, b) -> Tensor:
     """Elementwise `a` where `cond` is true, else `b` (all three broadcast together)."""
     ref = a if isinstance(a, Tensor) else b
     a, b = _operands(a, b, "where") if isinstance(ref, Tensor) else (Tensor(a), Tensor(b))
-    return ops.Where.apply(a, b, cond=_raw(cond).astype(bool))
+    cond = backend.asarray(_raw(cond), device=a.device).astype(bool)  # a numpy mask may meet cupy tensors
+    return ops.Where.apply(a, b, cond=cond)
 
 
 # ---------------------------------------------------------------- helpers
