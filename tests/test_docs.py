@@ -64,11 +64,16 @@ def test_docs_exist():
     assert {"tutorial.md", "autograd.md"} <= names, f"docs/ holds {sorted(names)}"
 
 
-@pytest.mark.skipif(backend.BACKEND == "cupy", reason="the docs' snippets pass NumPy masks and batches: NumPy backend")
 @pytest.mark.parametrize("path", [_doc_param(p) for p in DOC_FILES])
 def test_doc_code_blocks_run(path, isolated):
     assert any(lang == "python" for lang, _, _ in code_blocks(path)), f"{path.name} has no python block"
     run_blocks(path)
+
+
+def test_readme_python_blocks_run(isolated):
+    readme = DOCS.parent / "README.md"
+    assert any(lang == "python" for lang, _, _ in code_blocks(readme)), "README.md has no python example"
+    run_blocks(readme)
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in DOC_FILES])

@@ -346,7 +346,7 @@ extern "C" __global__ void attention_softmax_backward(scalar_t* gatt, const scal
 
 
 def row_kernel_source(dtype_name: str) -> str:
-    """The CUDA source of the row kernels for arrays of `dtype_name` (also used by a compile check)."""
+    """The CUDA source of the row kernels for arrays of `dtype_name` ("float16", "float32" or "float64")."""
     acc = _acc_name(dtype_name)
     return f"typedef {_CTYPES[dtype_name]} scalar_t;\ntypedef {_CTYPES[acc]} acc_t;\n{_ROW_KERNELS}"
 
