@@ -76,3 +76,25 @@ def test_adamw_kernel_matches_numpy_update(dtype, tol):
             cpu_kernels.enabled = cpu_kernels.AVAILABLE
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_float32_gelu_and_softmax_kernels_are_accurate_over_a_wide_range():
+    from tinygrad_gpt import ops
+
+    x = np.linspace(-60, 60, 20001).astype(np.float32)
+    y, gx = np.empty_like(x), np.empty_like(x)
+    cpu_kernels.gelu_forward(x, y, ops._gelu_constants(x.dtype))
+    cpu_kernels.gelu_backward(np.ones_like(x), x, gx, ops._gelu_constants(x.dtype))
+    x64 = x.astype(np.float64)
+    t_ref = np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))
+    dinner = np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x64**2)
+    gx_ref = 0.5 * (1 + t_ref) + 0.5 * x64 * (1 - t_ref**2) * dinner
+    assert (np.abs(gx - gx_ref) <= 1e-6 * np.maximum(1, np.abs(x64))).all()
+    # an error of one float32 ulp in t, scaled by |x|, is the best float32 can do
+    assert (np.abs(y - 0.5 * x64 * (1 + t_ref)) <= 1e-6 * np.maximum(1, np.abs(x64))).all()
+
+    scores = np.linspace(-200, 200, 4 * 64).astype(np.float32).reshape(1, 4, 64)
+    att = scores.copy()
+    cpu_kernels.attention_softmax_(att, np.float32(0.5), False)
+    e = np.exp(0.5 * (scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)))
+    np.testing.assert_allclose(att, e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-7)

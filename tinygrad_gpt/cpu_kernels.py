@@ -20,7 +20,9 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 try:
     if os.environ.get("TINYGRAD_GPT_NUMBA", "1") == "0":
         raise ImportError("disabled by TINYGRAD_GPT_NUMBA=0")
-    from numba import njit, prange
+    from llvmlite import ir
+    from numba import njit, prange, types
+    from numba.extending import intrinsic, overload
 
     AVAILABLE = True
 except ImportError:
@@ -47,25 +49,78 @@ if AVAILABLE:
     _jit_exact = njit(parallel=True, cache=True)  # no reassociation: matches NumPy's rounding closely
     GELU_C = math.sqrt(2 / math.pi)
 
+    # ------------------------------------------------------------ exp and tanh that vectorize
+    # NumPy's exp/tanh and numba's math.exp run about one element per 2.5 ns here; the float32
+    # exp below (Cody-Waite range reduction, a degree-6 polynomial, 2^n built from its bits)
+    # compiles to AVX2 code at about 0.3 ns per element, with a relative error under 3e-7.
+
+    @intrinsic
+    def _int32_bits_as_float32(typingctx, i):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.int32), codegen
+
+    @njit(inline="always", fastmath=True, cache=True)
+    def _exp_float32(x):
+        x = np.float32(-87.0) if x < np.float32(-87.0) else x  # exp(-87) ~ 1.6e-38, the smallest normal
+        x = np.float32(88.0) if x > np.float32(88.0) else x
+        n = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))  # x = n ln2 + r, |r| <= ln2 / 2
+        r = x - n * np.float32(0.693145751953125) - n * np.float32(1.428606765330187e-06)
+        p = np.float32(0.0013888889)
+        for c in (0.008333334, 0.041666668, 0.16666667, 0.5, 1.0, 1.0):
+            p = p * r + np.float32(c)
+        return p * _int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))  # p * 2^n
+
+    def fast_exp(x):
+        return math.exp(x)
+
+    @overload(fast_exp)
+    def _fast_exp(x):
+        if x == types.float32:
+            return lambda x: _exp_float32(x)
+        return lambda x: math.exp(x)
+
+    def fast_tanh(x):
+        return math.tanh(x)
+
+    @overload(fast_tanh)
+    def _fast_tanh(x):
+        if x == types.float32:
+            return lambda x: _tanh_float32(x)
+        return lambda x: math.tanh(x)
+
+    @njit(inline="always", fastmath=True, cache=True)
+    def _tanh_float32(x):
+        # on |x| and then the sign: for large |x| this gives exactly +-1 even when fastmath
+        # turns the division into an approximate reciprocal
+        a = abs(x)
+        t = np.float32(1.0) - np.float32(2.0) / (_exp_float32(a + a) + np.float32(1.0))
+        return math.copysign(t, x)
+
+    # ------------------------------------------------------------ kernels
+
     @_jit
-    def gelu_inner(x, out):
-        """out = sqrt(2/pi) (x + 0.044715 x^3), the argument of GELU's tanh; 1-D arrays."""
+    def gelu_forward(x, y, k):
+        """y = GELU(x); 1-D arrays; k = (sqrt(2/pi), 0.044715, 0.5, 1) in x's dtype.
+
+        Constants come in as an array of x's dtype because numba would compute float32 data in
+        float64 (half the vector width) when mixed with Python floats.
+        """
+        c, a, half, one = k[0], k[1], k[2], k[3]
         for i in prange(x.size):
             v = x[i]
-            out[i] = GELU_C * (v + 0.044715 * v * v * v)
+            y[i] = half * v * (one + fast_tanh(c * (v + a * v * v * v)))
 
     @_jit
-    def gelu_finish(x, t, out):
-        """out = 0.5 x (1 + t) with t = tanh(inner); 1-D arrays."""
+    def gelu_backward(gy, x, out, k):
+        """out = d GELU(x) / dx * gy, recomputing tanh (cheaper than keeping it); 1-D arrays; k as above."""
+        c, a, half, one = k[0], k[1], k[2], k[3]
+        three_a = a + a + a
         for i in prange(x.size):
-            out[i] = 0.5 * x[i] * (1 + t[i])
-
-    @_jit
-    def gelu_backward(gy, x, t, out):
-        """out = d GELU(x) / dx * gy; 1-D arrays."""
-        for i in prange(x.size):
-            v, tt = x[i], t[i]
-            out[i] = gy[i] * (0.5 * (1 + tt) + 0.5 * v * (1 - tt * tt) * GELU_C * (1 + 3 * 0.044715 * v * v))
+            v = x[i]
+            tt = fast_tanh(c * (v + a * v * v * v))
+            out[i] = gy[i] * (half * (one + tt) + half * v * (one - tt * tt) * c * (one + three_a * v * v))
 
     @_jit
     def layer_norm_forward(x, w, b, eps, y, xhat, rstd):
@@ -120,7 +175,7 @@ if AVAILABLE:
                 row_max = max(row_max, att[m, i, j])
             total = 0.0
             for j in range(last + 1):
-                e = math.exp((att[m, i, j] - row_max) * scale)
+                e = fast_exp((att[m, i, j] - row_max) * scale)
                 att[m, i, j] = e
                 total += e
             inv = 1.0 / total

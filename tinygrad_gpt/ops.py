@@ -7,6 +7,7 @@ the engine (tensor.py) sums it back to the input's shape. Gradients are never mo
 
 from __future__ import annotations
 
+import functools
 import math
 
 from tinygrad_gpt import backend, cpu_kernels
@@ -201,23 +202,27 @@ class Gelu(Function):
     def forward(self, x):
         xp = xp_of(x)
         self.x = x
-        if cpu_kernels.use(x):  # fused multi-threaded passes around NumPy's SIMD tanh
-            self.t, y = xp.empty_like(x), xp.empty_like(x)
-            cpu_kernels.gelu_inner(x.reshape(-1), self.t.reshape(-1))
-            xp.tanh(self.t, out=self.t)
-            cpu_kernels.gelu_finish(x.reshape(-1), self.t.reshape(-1), y.reshape(-1))
+        if cpu_kernels.use(x):  # one fused multi-threaded pass; backward recomputes tanh
+            y = xp.empty_like(x)
+            cpu_kernels.gelu_forward(x.reshape(-1), y.reshape(-1), _gelu_constants(x.dtype))
             return y
         self.t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
         return 0.5 * x * (1 + self.t)
 
     def backward(self, gy):
-        x, t = self.x, self.t
-        if cpu_kernels.use(gy) and cpu_kernels.use(x):
+        x = self.x
+        if cpu_kernels.use(gy) and cpu_kernels.use(x) and gy.dtype == x.dtype:
             gx = xp_of(gy).empty_like(x)
-            cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), t.reshape(-1), gx.reshape(-1))
+            cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), _gelu_constants(x.dtype))
             return gx
+        t = self.t
         dinner = GELU_C * (1 + 3 * 0.044715 * x * x)
         return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
+
+
+@functools.lru_cache(maxsize=4)
+def _gelu_constants(dtype):
+    return backend.asarray([GELU_C, 0.044715, 0.5, 1.0], dtype=dtype, device="cpu")
 
 
 class Abs(Function):
