@@ -39,6 +39,7 @@ from harness import (
 HPARAMS = dict(  # nanoGPT's names and the settings
     learning_rate=1e-3, min_lr=1e-4, beta1=0.9, beta2=0.99, warmup_iters=100, lr_decay_iters=2000,
     weight_decay=0.1, grad_clip=1.0, max_iters=2000, eval_interval=250, eval_iters=20, seed=1337,
+    final_eval_iters=200,
 )  # fmt: skip
 
 
@@ -174,7 +175,12 @@ def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int) -> d
         run.train_step(x, y, lr, h["grad_clip"])
         step_times.append(time.perf_counter() - t0)
     t_end = time.perf_counter()
+    # outside the timed loop: the final model once more on many batches, for a low-noise figure
+    precise = {s: run.eval_loss([data.batch(s) for _ in range(h["final_eval_iters"])]) for s in ("train", "val")}
+    print(f"{label}: final model on {h['final_eval_iters']} batches: train {precise['train']:.4f}, "
+          f"val {precise['val']:.4f}")
     return {
+        "precise_val": precise["val"],
         "evals": evals,
         "final_val": evals[-1]["val"],
         "final_train": evals[-1]["train"],
@@ -227,10 +233,12 @@ def main(argv=None) -> None:
             results[fw] = w.call("train", framework=fw, data_path=args.data, cfg=cfg, h=h, threads=args.threads)
         results[fw]["process_s"] = time.perf_counter() - t0
     tokens = cfg["batch_size"] * cfg["block_size"]
-    columns = ["framework", "final val loss", "final train loss", "best val loss", "train loop (s)"]
+    columns = ["framework", "final val loss", f"final val loss ({h['final_eval_iters']} batches)",
+               "final train loss", "best val loss", "train loop (s)"]
     columns += ["process (s)", "ms/iter (median)", "tokens/s", "peak RSS (MiB)"]
     rows = [
-        [FRAMEWORK_LABELS[fw], r["final_val"], r["final_train"], r["best_val"], r["loop_s"], r["process_s"],
+        [FRAMEWORK_LABELS[fw], f"{r['final_val']:.4f}", f"{r['precise_val']:.4f}", f"{r['final_train']:.4f}",
+         f"{r['best_val']:.4f}", r["loop_s"], r["process_s"],
          r["ms_per_iter"], 1e3 * tokens / r["ms_per_iter"], r["peak_rss_mib"]]
         for fw, r in results.items()
     ]  # fmt: skip

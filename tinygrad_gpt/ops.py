@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
-from tinygrad_gpt import backend, cpu_kernels
+from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
 from tinygrad_gpt.tensor import Function
 
 xp_of = backend.get_array_module
@@ -206,6 +206,9 @@ class Gelu(Function):
             y = xp.empty_like(x)
             cpu_kernels.gelu_forward(x.reshape(-1), y.reshape(-1), _gelu_constants(x.dtype))
             return y
+        if gpu_kernels.use(x):  # one CUDA kernel
+            y, self.t = gpu_kernels.gelu_forward(x)
+            return y
         self.t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
         return 0.5 * x * (1 + self.t)
 
@@ -216,6 +219,8 @@ class Gelu(Function):
             cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), _gelu_constants(x.dtype))
             return gx
         t = self.t
+        if gpu_kernels.use(gy) and gpu_kernels.use(x) and gy.dtype == x.dtype:
+            return gpu_kernels.gelu_backward(gy, x, t)
         dinner = GELU_C * (1 + 3 * 0.044715 * x * x)
         return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
 

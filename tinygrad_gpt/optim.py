@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad_gpt import backend, cpu_kernels
+from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
 from tinygrad_gpt.tensor import Tensor
 
 # ---------------------------------------------------------------- the Adam update
@@ -45,6 +45,10 @@ def adamw_update_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weigh
     if param.ndim == 1 and all(cpu_kernels.use(a) for a in (param, grad, exp_avg, exp_avg_sq)):
         # one multi-threaded pass instead of 13 single-threaded ones
         cpu_kernels.adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+                           bias_correction1, bias_correction2_sqrt)
+        return
+    if all(gpu_kernels.use(a) for a in (param, grad, exp_avg, exp_avg_sq)):  # one CUDA kernel
+        gpu_kernels.adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
                            bias_correction1, bias_correction2_sqrt)
         return
     if weight_decay != 0.0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 
-from tinygrad_gpt import backend, cpu_kernels, ops
+from tinygrad_gpt import backend, cpu_kernels, gpu_kernels, ops
 from tinygrad_gpt.tensor import Function, Tensor, _raw
 
 # ---------------------------------------------------------------- linear
@@ -109,6 +109,9 @@ class LayerNorm(Function):
             y, self.xhat, self.rstd = xp.empty_like(x2), xp.empty_like(x2), xp.empty(x2.shape[0], x.dtype)
             cpu_kernels.layer_norm_forward(x2, w, b, eps, y, self.xhat, self.rstd)
             return y.reshape(x.shape)
+        if all(gpu_kernels.use(a) for a in (x, w, b)) and x.dtype == w.dtype == b.dtype:
+            y, self.xhat, self.rstd = gpu_kernels.layer_norm_forward(x.reshape(-1, x.shape[-1]), w, b, eps)
+            return y.reshape(x.shape)
         xhat = x - x.mean(axis=-1, keepdims=True)
         var = (xhat * xhat).mean(axis=-1, keepdims=True)
         self.rstd = 1.0 / xp.sqrt(var + eps)  # (..., 1)
@@ -127,6 +130,9 @@ class LayerNorm(Function):
             gw_parts, gb_parts = xp.zeros((2, n_chunks, C), dtype=gy.dtype)
             cpu_kernels.layer_norm_backward(gy2, xhat, rstd.reshape(-1), self.w, gx, gw_parts, gb_parts)
             return gx.reshape(gy.shape), gw_parts.sum(axis=0), gb_parts.sum(axis=0)
+        if gpu_kernels.use(gy2) and gpu_kernels.use(xhat) and gy.dtype == xhat.dtype == self.w.dtype:
+            gx, gw, gb = gpu_kernels.layer_norm_backward(gy2, xhat, rstd.reshape(-1), self.w)
+            return gx.reshape(gy.shape), gw, gb
         gw = (gy2 * xhat).sum(axis=0) if self.needs_grad[1] else None
         gb = gy2.sum(axis=0) if self.needs_grad[2] else None
         gx = None
@@ -209,6 +215,11 @@ class CrossEntropy(Function):
         xp = backend.get_array_module(logits)
         x = logits.reshape(-1, logits.shape[-1])  # (N, C)
         t = targets.reshape(-1)  # (N,)
+        self.in_shape = logits.shape
+        if gpu_kernels.use(x):  # one CUDA kernel, no host sync
+            self.t, self.ignore_index = t, ignore_index
+            loss, self.probs = gpu_kernels.softmax_cross_entropy_forward(x, t, ignore_index)
+            return loss
         valid = t != ignore_index
         t = xp.where(valid, t, 0)
         rows = xp.arange(x.shape[0])
@@ -219,15 +230,16 @@ class CrossEntropy(Function):
         nll = xp.log(sum_exp[:, 0]) - shifted[rows, t]  # (N,)
         n_valid = int(valid.sum())
         self.probs, self.t, self.rows, self.valid, self.n_valid = probs, t, rows, valid, n_valid
-        self.in_shape = logits.shape
         return (nll * valid).sum() / max(n_valid, 1) if n_valid else xp.asarray(float("nan"), dtype=logits.dtype)
 
     def backward(self, gy):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
         g = self.probs  # reused: the saved softmax is not needed after this
+        self.probs = None
+        if gpu_kernels.use(g):
+            return gpu_kernels.softmax_cross_entropy_backward_(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
         g[self.rows, self.t] -= 1
         g *= (self.valid * (gy / max(self.n_valid, 1)))[:, None].astype(g.dtype)
-        self.probs = None
         return g.reshape(self.in_shape)
 
 
@@ -279,6 +291,9 @@ def _softmax_scores_(att, scale: float, causal: bool) -> None:
     if cpu_kernels.use(att):
         cpu_kernels.attention_softmax_(att.reshape(-1, *att.shape[-2:]), att.dtype.type(scale), causal)
         return
+    if gpu_kernels.use(att):
+        gpu_kernels.attention_softmax_(att.reshape(-1, *att.shape[-2:]), scale, causal)
+        return
     xp = backend.get_array_module(att)
     att *= scale
     if causal:
@@ -293,6 +308,10 @@ def _softmax_scores_backward_(gatt, att, scale: float) -> None:
     if cpu_kernels.use(gatt) and cpu_kernels.use(att):
         shape = (-1, *att.shape[-2:])
         cpu_kernels.attention_softmax_backward_(gatt.reshape(shape), att.reshape(shape), att.dtype.type(scale))
+        return
+    if gpu_kernels.use(gatt) and gpu_kernels.use(att):
+        shape = (-1, *att.shape[-2:])
+        gpu_kernels.attention_softmax_backward_(gatt.reshape(shape), att.reshape(shape), scale)
         return
     gatt -= (gatt * att).sum(axis=-1, keepdims=True)
     gatt *= att
