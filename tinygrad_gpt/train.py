@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt import backend, no_grad
+from tinygrad_gpt.amp import GradScaler, MasterWeights
 from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
 from tinygrad_gpt.data import BatchSampler, CharTokenizer, build_dataset, load_corpus
@@ -42,6 +44,7 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --init_from resume               # continue out/ exactly where it stopped
   python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
+  TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
 """
 MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "norm", "pos_encoding", "tie_weights")
 
@@ -95,6 +98,16 @@ class TrainConfig:
     lr_decay_iters: int | None = option(None, "iteration where the decay reaches min_lr (None: max_iters)")
     min_lr: float | None = option(None, "learning rate at the end of the decay (None: learning_rate / 10)")
     seed: int = option(1337, "seed of the initialisation, dropout and batch sampling")
+    # precision
+    dtype: str = option(
+        "float32",
+        "float16: the model computes in float16, AdamW updates float32 master weights, the loss is scaled "
+        "dynamically (checkpoints hold float32 weights either way)",
+        choices=("float32", "float16"),
+    )
+    tf32: bool = option(
+        False, "GPU only: allow TF32 tensor-core matmuls for float32 (sets CUPY_TF32=1 before the first matmul)"
+    )
 
     def __post_init__(self):
         checks = [
@@ -149,6 +162,8 @@ class Run:
     last_saved_iter: int | None = None
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    masters: MasterWeights | None = None  # --dtype float16: the float32 weights AdamW updates
+    scaler: GradScaler | None = None  # --dtype float16: the dynamic loss scale
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -197,7 +212,10 @@ def save(run: Run, name: str) -> Path:
         "rng_state": backend.get_rng_state(),
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
     }
-    path = save_checkpoint(run.out_dir / name, run.model.state_dict(), run.optimizer.state_dict(), meta)
+    if run.scaler is not None:
+        meta["grad_scaler"] = run.scaler.state_dict()
+    weights = run.masters.state_dict() if run.masters is not None else run.model.state_dict()  # float32 always
+    path = save_checkpoint(run.out_dir / name, weights, run.optimizer.state_dict(), meta)
     run.last_saved_iter = run.iter_num
     return path
 
@@ -337,6 +355,8 @@ def restore(run: Run, ckpt) -> None:
         backend.set_rng_state(meta["rng_state"])
         for name, batches in run.batches.items():
             batches.set_state(meta["sampler_states"][name])
+        if run.scaler is not None and "grad_scaler" in meta:  # a float32 checkpoint starts a fresh scale
+            run.scaler.load_state_dict(meta["grad_scaler"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
 
@@ -350,6 +370,8 @@ def setup(values: dict, explicit: set) -> Run:
     ckpt = load_init_checkpoint(values)
     config = merge_config(values, explicit, ckpt).resolved()
     config.model_config(vocab_size=1)  # impossible sizes fail here, before any file is written
+    if config.tf32:  # before the first matmul: CuPy reads CUPY_TF32 once
+        os.environ["CUPY_TF32"] = "1"  # as gpu_kernels.enable_tf32()
     resume = config.init_from == "resume"
     corpus = load_corpus(config.data, config.cache_dir or None)
     tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
@@ -363,16 +385,18 @@ def setup(values: dict, explicit: set) -> Run:
     model = GPT(config.model_config(new_tokenizer.vocab_size))
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
-    optimizer = AdamW(
-        model.param_groups(config.weight_decay), lr=config.learning_rate, betas=(config.beta1, config.beta2)
-    )
+    groups, masters, scaler = model.param_groups(config.weight_decay), None, None
+    if config.dtype == "float16":
+        masters, scaler = MasterWeights(model, dtype="float16"), GradScaler()  # keeps float32 copies, casts model
+        groups = masters.param_groups(groups)
+    optimizer = AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
     B, T, seed = config.batch_size, config.block_size, config.seed
     batches = {  # separate streams, so evaluating never shifts the training batches
         "train": BatchSampler(splits["train"], B, T, seed=[seed, 0]),
         "eval_train": BatchSampler(splits["train"], B, T, seed=[seed, 1]),
         "eval_val": BatchSampler(splits["val"], B, T, seed=[seed, 2]),
     }
-    run = Run(config, model, optimizer, new_tokenizer, batches, corpus.name)
+    run = Run(config, model, optimizer, new_tokenizer, batches, corpus.name, masters=masters, scaler=scaler)
     if resume:
         restore(run, ckpt)
     return run
@@ -422,18 +446,15 @@ def train(run: Run) -> int:
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 return diverged(run, progress, f"loss is {loss_value} at iteration {run.iter_num + 1}")
-            optimizer.zero_grad()
-            loss.backward()
-            if config.grad_clip > 0:
-                clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
+            backward_and_step(run, loss)
             run.iter_num += 1
             iters_since += 1
             logged = run.iter_num % config.log_interval == 0
             tokens_per_sec = iters_since * tokens_per_iter / max(time.perf_counter() - t0, 1e-9)
             if logged:
+                scale = {"loss_scale": run.scaler.scale_value} if run.scaler is not None else {}
                 metrics.write(iter=run.iter_num, loss=loss_value, lr=lr, tokens_per_sec=tokens_per_sec,
-                              time=run.elapsed())  # fmt: skip
+                              time=run.elapsed(), **scale)  # fmt: skip
                 t0, iters_since = time.perf_counter(), 0
             progress.step(run.iter_num, loss_value, tokens_per_sec, logged)
             if run.iter_num % config.eval_interval == 0 or run.iter_num == config.max_iters:
@@ -454,11 +475,34 @@ def train(run: Run) -> int:
     return 0
 
 
+def backward_and_step(run: Run, loss) -> bool:
+    """Backward, gradient clipping and one AdamW step; returns False for a float16 step skipped on inf/NaN.
+
+    float32: the usual step. float16: backward of the scaled loss, gradients unscaled into the float32
+    masters, clip and step there (skipped if any gradient is inf/NaN), then the scale is updated.
+    """
+    optimizer, max_norm, scaler = run.optimizer, run.config.grad_clip, run.scaler
+    optimizer.zero_grad()
+    if scaler is None:
+        loss.backward()
+        if max_norm > 0:
+            clip_grad_norm_(run.model.parameters(), max_norm)
+        optimizer.step()
+        return True
+    run.model.zero_grad()
+    scaler.scale(loss).backward()
+    if scaler.unscale_and_check(run.masters) and max_norm > 0:
+        clip_grad_norm_(run.masters.params, max_norm)
+    stepped = scaler.step(optimizer, run.masters)
+    scaler.update()
+    return stepped
+
+
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
     n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
     print(
         f"{run.model.num_parameters():,} parameters, vocabulary of {run.tokenizer.vocab_size} characters, "
-        f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}",
+        f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}, {run.config.dtype}",
         flush=True,
     )
     if resumed_at is not None:

@@ -215,7 +215,9 @@ class CrossEntropy(Function):
         xp = backend.get_array_module(logits)
         x = logits.reshape(-1, logits.shape[-1])  # (N, C)
         t = targets.reshape(-1)  # (N,)
-        self.in_shape = logits.shape
+        self.in_shape, self.in_dtype = logits.shape, logits.dtype
+        if x.dtype == xp.float16:  # mixed precision: a float32 loss, so a scaled loss (x 2**16) cannot overflow
+            x = x.astype(xp.float32)
         if gpu_kernels.use(x):  # one CUDA kernel, no host sync
             self.t, self.ignore_index = t, ignore_index
             loss, self.probs = gpu_kernels.softmax_cross_entropy_forward(x, t, ignore_index)
@@ -230,9 +232,12 @@ class CrossEntropy(Function):
         nll = xp.log(sum_exp[:, 0]) - shifted[rows, t]  # (N,)
         n_valid = int(valid.sum())
         self.probs, self.t, self.rows, self.valid, self.n_valid = probs, t, rows, valid, n_valid
-        return (nll * valid).sum() / max(n_valid, 1) if n_valid else xp.asarray(float("nan"), dtype=logits.dtype)
+        return (nll * valid).sum() / max(n_valid, 1) if n_valid else xp.asarray(float("nan"), dtype=x.dtype)
 
     def backward(self, gy):
+        return self._logits_grad(gy).astype(self.in_dtype, copy=False)  # float16 logits get a float16 gradient
+
+    def _logits_grad(self, gy):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
         g = self.probs  # reused: the saved softmax is not needed after this
         self.probs = None
