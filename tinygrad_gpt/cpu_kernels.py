@@ -2,9 +2,10 @@
 
 NumPy runs each elementwise step of a chain like GELU's backward as its own single-threaded pass
 with its own temporary array; these kernels do the whole chain in one multi-threaded pass. Every
-kernel has a pure-NumPy twin in the module that calls it, and the tests compare the two.
-Transcendentals (exp, tanh) stay in NumPy where its SIMD versions are faster than numba's scalar
-ones. Set TINYGRAD_GPT_NUMBA=0 to turn the kernels off.
+kernel has a pure-NumPy twin in the module that calls it, and the tests compare the two
+(tests/test_cpu_kernels.py). float32 exp and tanh use a hand-written polynomial that vectorises,
+since NumPy's and numba's run one element at a time on this CPU. Set TINYGRAD_GPT_NUMBA=0 to turn
+the kernels off; arrays below `min_size` elements always take the NumPy path.
 """
 
 from __future__ import annotations
