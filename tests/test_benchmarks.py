@@ -151,15 +151,16 @@ def test_bench_quality_trains_both_frameworks(tmp_path):
     out = run_script(
         "bench_quality.py", "--data", str(text), "--config", "tiny", "--max_iters", "30", "--eval_interval", "15",
         "--eval_iters", "2", "--warmup_iters", "3", "--lr_decay_iters", "30", "--learning_rate", "3e-3",
-        "--frameworks", "tinygrad,torch", "--threads", "1",
+        "--frameworks", "tinygrad,torch", "--threads", "1", "--final_eval_iters", "4",
     )  # fmt: skip
     columns, rows = harness.parse_markdown_table(out)
-    assert columns[:3] == ["framework", "final val loss", "final train loss"]
+    assert columns[:4] == ["framework", "final val loss", "final val loss (4 batches)", "final train loss"]
     assert [r[0] for r in rows] == ["tinygrad_gpt", "torch"]
     vocab = len(set(text.read_text()))
     for row in rows:
         assert all(number(cell) > 0 for cell in row[1:])
         assert number(row[1]) < math.log(vocab) - 0.3  # it learned: below the uniform guess
+        assert number(row[2]) < math.log(vocab) - 0.3
 
 
 # ---------------------------------------------------------------- the reference model is our model
