@@ -182,7 +182,24 @@ def test_config_file_with_flags_overriding_it(tmp_path, capsys):
     assert config["max_iters"] == 2  # the flag wins
     (tmp_path / "run.json").write_text('{"n_embd": 8, "n_head": 2, "max_iters": 1}')
     args[1] = str(tmp_path / "run.json")
+    assert train.main(args + ["--overwrite"]) == 0
+
+
+def test_a_new_run_refuses_to_replace_earlier_checkpoints_unless_told(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 2 {TINY} --plot false".split()
     assert train.main(args) == 0
+    weights = tmp_path / "out" / "ckpt_latest" / "model.safetensors"
+    before = weights.read_bytes()
+    capsys.readouterr()
+    assert train.main(args + ["--seed", "7"]) == 2  # scratch again: would lose the first run
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and "--init_from resume" in err and len(err.strip().splitlines()) == 1
+    finetune = args + ["--init_from", str(tmp_path / "out" / "ckpt_best")]  # into the directory it loads from
+    assert train.main(finetune) == 2
+    assert weights.read_bytes() == before
+    assert train.main(args + ["--seed", "7", "--overwrite"]) == 0
+    assert weights.read_bytes() != before
 
 
 def test_loss_curve_png(tmp_path, capsys):
@@ -293,7 +310,7 @@ def test_fine_tuning_on_new_text_keeps_the_weights_and_grows_the_vocabulary(trai
         if name != "wte.weight":
             np.testing.assert_array_equal(new.model_state[name], value)
     assert new.meta["model_config"]["n_embd"] == 16  # the shape comes from the checkpoint, not the defaults
-    assert train.main([*args, "--max_iters", "5", "--dropout", "0.1"]) == 0  # and it trains
+    assert train.main([*args, "--max_iters", "5", "--dropout", "0.1", "--overwrite"]) == 0  # and it trains
     assert load_checkpoint(tmp_path / "ft" / "ckpt_latest").meta["iter_num"] == 5
     assert snapshot(trained / "out") == before  # the source checkpoint is untouched
 
@@ -402,7 +419,8 @@ def test_bad_training_input_is_one_line_and_exit_2(trained, bad_inputs, case, ca
     before = snapshot(out_dir)
     if "--out_dir" not in args:
         args += f" --out_dir {out_dir}"
-    code = train.main(["--data", str(trained / "corpus.txt"), *TINY.split(), *args.split()])  # the case's flags win
+    # --overwrite: the input's own error must come first, and even then nothing may be damaged
+    code = train.main(["--data", str(trained / "corpus.txt"), *TINY.split(), "--overwrite", *args.split()])
     stdout, stderr = capsys.readouterr()
     assert code == 2
     assert expected in one_error_line(stderr, TRAIN_ERROR)

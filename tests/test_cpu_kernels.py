@@ -98,3 +98,22 @@ def test_float32_gelu_and_softmax_kernels_are_accurate_over_a_wide_range():
     cpu_kernels.attention_softmax_(att, np.float32(0.5), False)
     e = np.exp(0.5 * (scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)))
     np.testing.assert_allclose(att, e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("consumer", ["sum", "transpose"])
+def test_gelu_kernel_backward_takes_broadcast_and_transposed_gradients(consumer):
+    """sum() hands GELU a broadcast (non-contiguous) gradient; the kernel path must still work."""
+    from tinygrad_gpt.nn import functional as F
+
+    x = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
+    grads = []
+    for enabled in (True, False):
+        cpu_kernels.enabled = enabled
+        try:
+            t = Tensor(x, requires_grad=True)
+            y = F.gelu(t)
+            (y.sum() if consumer == "sum" else (y.T * Tensor(np.arange(64.0))).sum()).backward()
+            grads.append(t.grad.numpy())
+        finally:
+            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+    np.testing.assert_allclose(grads[0], grads[1], rtol=2e-5, atol=2e-5 * np.abs(grads[1]).max())

@@ -130,3 +130,9 @@ def test_float64_graph_stays_float64():
     y = (x * 2.5).gelu().softmax(axis=-1).mean()
     y.backward()
     assert y.dtype == np.float64 and x.grad.dtype == np.float64
+
+
+def test_where_with_two_python_numbers_keeps_the_default_float():
+    cond = np.array([True, False, True])
+    assert where(cond, 1.0, 0).dtype == np.float32
+    assert where(cond, 1, 0).dtype.kind == "i"

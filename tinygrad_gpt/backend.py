@@ -93,7 +93,8 @@ def check_device(device: str) -> str:
 
 
 def device_of(array) -> str:
-    return "cpu" if _cupy is None or isinstance(array, np.ndarray) else "cuda"
+    """'cuda' for a CuPy array, 'cpu' for anything else (NumPy arrays and NumPy scalars)."""
+    return "cuda" if _cupy is not None and isinstance(array, _cupy.ndarray) else "cpu"
 
 
 def is_array(x) -> bool:
@@ -150,10 +151,6 @@ def as_dtype(dtype) -> np.dtype:
 
 def is_float(dtype) -> bool:
     return np.dtype(dtype).kind == "f"
-
-
-def result_dtype(*dtypes) -> np.dtype:
-    return np.result_type(*dtypes)
 
 
 # ---------------------------------------------------------------- device-specific kernels
@@ -219,17 +216,17 @@ def generator(device: str | None = None):
 def randn(shape, dtype, device: str | None = None):
     """Standard normal samples of `shape` and `dtype`."""
     gen = generator(device)
-    if isinstance(gen, np.random.Generator):
-        return gen.standard_normal(shape, dtype=np.float32 if dtype == np.float16 else dtype).astype(dtype, copy=False)
-    return gen.standard_normal(shape, dtype=dtype)
+    draw = np.float32 if dtype == np.float16 else dtype  # neither generator draws float16 directly
+    return gen.standard_normal(shape, dtype=draw).astype(dtype, copy=False)
 
 
 def rand(shape, dtype, device: str | None = None):
     """Uniform samples in [0, 1) of `shape` and `dtype`."""
     gen = generator(device)
+    draw = np.float32 if dtype == np.float16 else dtype  # neither generator draws float16 directly
     if isinstance(gen, np.random.Generator):
-        return gen.random(shape, dtype=np.float32 if dtype == np.float16 else dtype).astype(dtype, copy=False)
-    return gen.random_sample(shape, dtype=dtype)
+        return gen.random(shape, dtype=draw).astype(dtype, copy=False)
+    return gen.random_sample(shape, dtype=draw).astype(dtype, copy=False)
 
 
 def get_rng_state() -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -170,7 +171,7 @@ def download(url: str, path, sha256: str, timeout: float = 30.0) -> None:
                 "nothing was cached, try again"
             )
         os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # HTTPException: a cut-short body
         reason = getattr(e, "reason", None) or e
         raise DataError(
             f"cannot download {url} ({reason}); if offline, copy the file by hand to {path} "

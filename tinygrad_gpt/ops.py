@@ -8,6 +8,7 @@ the engine (tensor.py) sums it back to the input's shape. Gradients are never mo
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
@@ -203,6 +204,7 @@ class Gelu(Function):
         xp = xp_of(x)
         self.x = x
         if cpu_kernels.use(x):  # one fused multi-threaded pass; backward recomputes tanh
+            self.t = None
             y = xp.empty_like(x)
             cpu_kernels.gelu_forward(x.reshape(-1), y.reshape(-1), _gelu_constants(x.dtype))
             return y
@@ -214,7 +216,8 @@ class Gelu(Function):
 
     def backward(self, gy):
         x = self.x
-        if cpu_kernels.use(gy) and cpu_kernels.use(x) and gy.dtype == x.dtype:
+        if self.t is None:  # forward ran the kernel and kept no tanh: backward recomputes it
+            gy = xp_of(gy).ascontiguousarray(gy, dtype=x.dtype)  # e.g. a broadcast gradient from sum()
             gx = xp_of(gy).empty_like(x)
             cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), _gelu_constants(x.dtype))
             return gx
@@ -362,15 +365,8 @@ class Cat(Function):
 
     def backward(self, gy):
         xp = xp_of(gy)
-        bounds = list(_cumsum(self.sizes))[:-1]
+        bounds = list(itertools.accumulate(self.sizes))[:-1]
         return tuple(xp.split(gy, bounds, axis=self.axis))
-
-
-def _cumsum(sizes):
-    total = 0
-    for s in sizes:
-        total += s
-        yield total
 
 
 class Where(Function):

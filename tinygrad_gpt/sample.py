@@ -27,7 +27,8 @@ class SampleConfig:
 
     out_dir: str = option("out", "a training run's out_dir, or a checkpoint directory")
     checkpoint: str = option("best", "which checkpoint of out_dir to load", choices=("best", "latest"))
-    prompt: str = option("\n", "text to continue, or FILE:path to read it from a file")
+    prompt: str = option("", "text to continue, or FILE:path to read it from a file ('': a newline, or a "
+                         "character the model knows)")
     num_samples: int = option(1, "number of samples per prompt")
     max_new_tokens: int = option(500, "characters generated per sample")
     temperature: float = option(0.8, "1.0 samples as trained, lower is more conservative, 0 is greedy")

@@ -517,8 +517,9 @@ def stack(tensors, axis: int = 0) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     """Elementwise `a` where `cond` is true, else `b` (all three broadcast together)."""
-    ref = a if isinstance(a, Tensor) else b
-    a, b = _operands(a, b, "where") if isinstance(ref, Tensor) else (Tensor(a), Tensor(b))
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        a = Tensor(a)  # two Python numbers: floats take the default float dtype, as for one
+    a, b = _operands(a, b, "where")
     cond = backend.asarray(_raw(cond), device=a.device).astype(bool)  # a numpy mask may meet cupy tensors
     return ops.Where.apply(a, b, cond=cond)
 

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -27,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygrad_gpt import backend, no_grad
+from tinygrad_gpt import backend, gpu_kernels, no_grad
 from tinygrad_gpt.amp import GradScaler, MasterWeights
 from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
@@ -68,6 +67,7 @@ class TrainConfig:
     log_interval: int = option(10, "write loss, lr and tokens/s to metrics.jsonl every this many iterations")
     eval_iters: int = option(20, "batches per split when estimating the loss")
     eval_only: bool = option(False, "only estimate the loss of the initial model (e.g. with --init_from resume)")
+    overwrite: bool = option(False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir")
     plot: bool = option(True, "draw out_dir/loss.png at the end (needs matplotlib)")
     max_new_tokens: int = option(500, "characters of the sample printed at the end (0: none)")
     # data
@@ -371,8 +371,13 @@ def setup(values: dict, explicit: set) -> Run:
     config = merge_config(values, explicit, ckpt).resolved()
     config.model_config(vocab_size=1)  # impossible sizes fail here, before any file is written
     if config.tf32:  # before the first matmul: CuPy reads CUPY_TF32 once
-        os.environ["CUPY_TF32"] = "1"  # as gpu_kernels.enable_tf32()
+        gpu_kernels.enable_tf32()
     resume = config.init_from == "resume"
+    if not (resume or config.eval_only or config.overwrite) and has_checkpoint(Path(config.out_dir)):
+        raise UsageError(
+            f"{config.out_dir} already holds checkpoints of an earlier run; continue it with --init_from resume, "
+            "pick another --out_dir, or pass --overwrite to replace them"
+        )
     corpus = load_corpus(config.data, config.cache_dir or None)
     tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
     new_tokenizer, splits = build_dataset(
@@ -498,6 +503,10 @@ def backward_and_step(run: Run, loss) -> bool:
     return stepped
 
 
+def has_checkpoint(out_dir: Path) -> bool:
+    return any(is_checkpoint(out_dir / name) for name in ("ckpt_latest", "ckpt_best"))
+
+
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
     n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
     print(
@@ -507,8 +516,8 @@ def announce(run: Run, device: str, resumed_at: int | None) -> None:
     )
     if resumed_at is not None:
         print(f"resuming from iteration {resumed_at} of {run.config.max_iters}", flush=True)
-    elif is_checkpoint(run.out_dir / "ckpt_latest"):
-        print(f"note: this new run replaces the checkpoints in {run.out_dir} (--init_from resume continues them)")
+    elif has_checkpoint(run.out_dir):
+        print(f"note: --overwrite: this new run replaces the checkpoints in {run.out_dir}")
 
 
 def diverged(run: Run, progress: Progress, what: str) -> int:
