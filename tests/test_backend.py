@@ -147,3 +147,23 @@ def test_backend_imports_cupy_only_lazily():
     top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
     names = [a.name for n in top_level for a in getattr(n, "names", [])] + [getattr(n, "module", "") for n in top_level]
     assert not [n for n in names if n and n.split(".")[0] in ("cupy", "cupyx")]
+
+
+def test_with_cupy_loaded_host_arrays_and_numpy_scalars_stay_on_the_cpu(monkeypatch):
+    """Full reductions give NumPy scalars, not arrays: they must not be taken for GPU arrays."""
+
+    class FakeCupy:
+        class ndarray:  # no real array is ever an instance of this
+            pass
+
+        @staticmethod
+        def get_array_module(*arrays):
+            return np
+
+    monkeypatch.setattr(backend, "_cupy", FakeCupy)
+    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    total = x.sum()  # .data is a numpy scalar here
+    assert backend.device_of(total.data) == "cpu" and total.device == "cpu"
+    assert float(total.numpy()) == 15.0
+    (total * 2).backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2.0)

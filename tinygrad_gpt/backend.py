@@ -229,6 +229,11 @@ def rand(shape, dtype, device: str | None = None):
     return gen.random_sample(shape, dtype=draw).astype(dtype, copy=False)
 
 
+def host_generator(seed: int):
+    """A fresh seeded NumPy generator for host-side draws (sampling, gradient checks)."""
+    return np.random.default_rng(seed)
+
+
 def get_rng_state() -> dict:
     """The CPU generator's state as JSON-friendly data (for exact resume)."""
     return {"seed": _seed, "cpu": generator("cpu").bit_generator.state}

@@ -340,7 +340,7 @@ class _Sampler:
     def __init__(self, temperature: float, top_k, top_p, seed, device: str):
         self.temperature, self.top_k, self.top_p, self.device = temperature, top_k, top_p, device
         # a per-call generator when seeded, so the library's own stream is left untouched
-        self.rng = backend.np.random.default_rng(seed) if seed is not None else None
+        self.rng = backend.host_generator(seed) if seed is not None else None
 
     def __call__(self, logits):
         """logits (B, V) raw array -> next token ids (B,) int64."""
