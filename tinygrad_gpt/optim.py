@@ -400,11 +400,10 @@ def clip_grad_norm_(params, max_norm: float) -> float:
         raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm}")
     params = [params] if isinstance(params, Tensor) else list(params)
     grads = [p for p in params if p.grad is not None]
-    squares = 0.0
-    for p in grads:
-        g = p.grad.data.reshape(-1)
-        squares += float(backend.get_array_module(g).vdot(g, g))
-    total_norm = math.sqrt(squares)
+    # per-parameter sums stay on the device (a GPU syncs once below, not once per parameter)
+    flat_grads = [p.grad.data.reshape(-1) for p in grads]
+    squares = [backend.get_array_module(g).vdot(g, g).astype("float64") for g in flat_grads]
+    total_norm = math.sqrt(float(sum(squares))) if squares else 0.0
     scale = max_norm / (total_norm + 1e-6)
     if scale < 1.0:  # torch multiplies by min(scale, 1): nothing to do when it is 1
         for p in grads:
