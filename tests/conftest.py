@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -12,8 +14,13 @@ from tinygrad_gpt import tensor as _tensor
 # Gradient checks are slow-ish and their speed varies: no deadline, few examples (the suite must
 # run in minutes on 2 cores). Our function-scoped fixtures only set global flags, so reusing them
 # across hypothesis examples is safe.
+# In CI (CI=true) the examples are derandomized, so a run is reproducible; locally they vary run to run.
 settings.register_profile(
-    "tinygrad_gpt", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    "tinygrad_gpt",
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    derandomize=os.environ.get("CI", "").lower() == "true",
 )
 settings.load_profile("tinygrad_gpt")
 
