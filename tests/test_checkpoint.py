@@ -140,3 +140,35 @@ def test_find_checkpoint_prefers_best_and_explains_what_is_missing(tmp_path):
     assert find_checkpoint(tmp_path) == tmp_path / "ckpt_best"
     assert find_checkpoint(tmp_path, prefer=("ckpt_latest",)) == tmp_path / "ckpt_latest"
     assert find_checkpoint(tmp_path / "ckpt_latest") == tmp_path / "ckpt_latest"
+
+
+def test_a_checkpoint_of_gpu_arrays_holds_host_data_and_loads_on_the_cpu(tmp_path, monkeypatch):
+    """The CPU side of "written on GPU, loaded on CPU": device arrays are copied to the host on save."""
+    from tinygrad_gpt import backend
+
+    class FakeGpuArray:  # stands in for cupy.ndarray: only .get() brings the values to the host
+        def __init__(self, values):
+            self._values = values
+
+        def get(self):
+            return self._values.copy()
+
+    class FakeCupy:
+        ndarray = FakeGpuArray
+
+        @staticmethod
+        def get_array_module(*arrays):
+            return np
+
+    model, optimizer = _tiny_model_and_optimizer()
+    _train_step(model, optimizer, 0)
+    on_gpu = {name: FakeGpuArray(np.array(value)) for name, value in model.state_dict().items()}
+    monkeypatch.setattr(backend, "_cupy", FakeCupy)
+    save_checkpoint(tmp_path / "ckpt_latest", on_gpu, optimizer.state_dict(), {"device": "cuda"})
+    monkeypatch.setattr(backend, "_cupy", None)
+
+    ckpt = load_checkpoint(tmp_path / "ckpt_latest")
+    cpu_model, _ = _tiny_model_and_optimizer(seed=5)
+    cpu_model.load_state_dict(ckpt.model_state)
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(cpu_model.state_dict()[name], value)
