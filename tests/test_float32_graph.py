@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from tinygrad_gpt import backend, manual_seed
+from tinygrad_gpt import backend, cpu_kernels, manual_seed
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.tensor import _toposort
 
@@ -15,7 +16,14 @@ def _saved_arrays(ctx):
             yield name, value
 
 
-def test_every_array_saved_in_a_training_step_is_float32_or_integer():
+@pytest.mark.parametrize("kernels", ["numba kernels", "numpy only"])
+def test_every_array_saved_in_a_training_step_is_float32_or_integer(kernels, monkeypatch):
+    if kernels == "numba kernels":
+        if not cpu_kernels.AVAILABLE:
+            pytest.skip("numba not installed: only the NumPy path exists")
+        monkeypatch.setattr(cpu_kernels, "min_size", 0)  # the tiny model's arrays take the kernel path too
+    else:
+        monkeypatch.setattr(cpu_kernels, "enabled", False)
     manual_seed(0)
     config = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1)
     model = GPT(config)
