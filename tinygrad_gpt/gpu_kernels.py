@@ -108,24 +108,30 @@ g = (T)(target == ignore_index ? (acc_t)0 : d * scale[0]);
 """
 
 
+def elementwise_kernel_specs(acc: str) -> dict[str, tuple[str, str, str, str, str]]:
+    """(in_params, out_params, body, name, preamble) of each elementwise kernel computing in `acc`.
+
+    The arguments of `cupy.ElementwiseKernel`; T is the arrays' dtype, acc_t `acc` ('float32' or 'float64').
+    In our kernels a parameter of type T is an array and one with a named dtype is a scalar unless `raw`.
+    """
+    preamble = f"typedef {_CTYPES[acc]} acc_t;"
+    hyper = ", ".join(f"{acc} {n}" for n in ("beta1", "beta2", "step_size", "decay", "bias_c2_sqrt", "eps"))
+    specs = {
+        "gelu_forward": ("T x", "T y, T t", _GELU_FORWARD),
+        "gelu_backward": ("T gy, T x, T t", "T gx", _GELU_BACKWARD),
+        "adamw": (f"T g, {hyper}", "T p, T m, T v", _ADAMW),
+        "cross_entropy_backward": (f"raw int64 targets, raw {acc} scale, int64 ignore_index, int64 n_classes",
+                                   "T g", _CROSS_ENTROPY_BACKWARD),
+    }
+    return {key: (ins, outs, body, f"tinygrad_gpt_{key}", preamble) for key, (ins, outs, body) in specs.items()}
+
+
 @functools.cache
 def _elementwise(acc: str):
-    """The elementwise kernels computing in `acc` ('float32' or 'float64'); T is the arrays' dtype."""
+    """The elementwise kernels computing in `acc`, built (not yet compiled) the first time they are asked for."""
     cp = _cupy()
-    preamble = f"typedef {_CTYPES[acc]} acc_t;"
-
-    def kernel(in_params, out_params, body, name):
-        return cp.ElementwiseKernel(in_params, out_params, body, f"tinygrad_gpt_{name}", preamble=preamble)
-
-    hyper = ", ".join(f"{acc} {n}" for n in ("beta1", "beta2", "step_size", "decay", "bias_c2_sqrt", "eps"))
-    return {
-        "gelu_forward": kernel("T x", "T y, T t", _GELU_FORWARD, "gelu_forward"),
-        "gelu_backward": kernel("T gy, T x, T t", "T gx", _GELU_BACKWARD, "gelu_backward"),
-        "adamw": kernel(f"T g, {hyper}", "T p, T m, T v", _ADAMW, "adamw"),
-        "cross_entropy_backward": kernel(
-            f"raw int64 targets, raw {acc} scale, int64 ignore_index, int64 n_classes", "T g",
-            _CROSS_ENTROPY_BACKWARD, "cross_entropy_backward"),
-    }
+    return {key: cp.ElementwiseKernel(ins, outs, body, name, preamble=preamble)
+            for key, (ins, outs, body, name, preamble) in elementwise_kernel_specs(acc).items()}
 
 
 def gelu_forward(x):
