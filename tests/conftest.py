@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-import tinygrad_gpt
-from tinygrad_gpt import tensor as _tensor
+if os.environ.get("TINYGRAD_GPT_TEST_FAKE_CUPY") == "1":  # CuPy's CPU stand-in, before tinygrad_gpt imports it
+    import fake_cupy
+
+    fake_cupy.install()
+    os.environ["TINYGRAD_GPT_GPU_KERNELS"] = "0"  # the stand-in runs no CUDA
+    _tests = os.path.dirname(os.path.abspath(__file__))  # and the commands that CLI tests start get it too:
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(_tests, "fake_cupy_site"), _tests, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+import tinygrad_gpt  # noqa: E402
+from tinygrad_gpt import tensor as _tensor  # noqa: E402
 
 # Gradient checks are slow-ish and their speed varies: no deadline, few examples (the suite must
 # run in minutes on 2 cores). Our function-scoped fixtures only set global flags, so reusing them

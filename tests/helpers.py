@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
 
-from tinygrad_gpt import Tensor
+from tinygrad_gpt import Tensor, backend
+
+# tests/fake_cupy.py stands in for CuPy (device plumbing only, no CUDA): the fused kernels cannot run
+FAKE_CUPY = os.environ.get("TINYGRAD_GPT_TEST_FAKE_CUPY") == "1"
+requires_real_gpu = pytest.mark.skipif(
+    FAKE_CUPY or not backend.cupy_available(),
+    reason='needs CuPy on an NVIDIA GPU (pip install "tinygrad_gpt[gpu]" on a CUDA machine); fake_cupy runs no CUDA',
+)
+
+
+
+def tensor_on(device: str, array, dtype=None, requires_grad: bool = False) -> Tensor:
+    """A leaf tensor on `device`, whichever device TINYGRAD_GPT_BACKEND makes new tensors on."""
+    return Tensor(array, dtype=dtype).to(device).detach().requires_grad_(requires_grad)
+
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 requires_torch = pytest.mark.skipif(

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt
+from helpers import tensor_on
 from tinygrad_gpt import Tensor, backend
 
 PACKAGE = Path(tinygrad_gpt.__file__).resolve().parent
@@ -74,9 +75,9 @@ def test_numpy_returns_a_host_array():
     np.testing.assert_array_equal(a, [[1, 2], [3, 4]])
 
 
-def test_to_cpu_is_a_no_op_and_unknown_devices_are_errors():
+def test_to_its_own_device_is_a_no_op_and_unknown_devices_are_errors():
     t = Tensor(np.ones(3), requires_grad=True)
-    assert t.to("cpu") is t
+    assert t.to(t.device) is t
     with pytest.raises(ValueError, match="unknown device 'gpu'.*cpu, cuda"):
         t.to("gpu")
 
@@ -89,7 +90,7 @@ def test_to_cuda_without_cupy_is_a_clear_error():
 
 @pytest.mark.skipif(not backend.cupy_available(), reason="needs CuPy and an NVIDIA GPU")
 def test_to_cuda_and_back_keeps_values_and_gradients():
-    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    x = tensor_on("cpu", np.arange(6.0).reshape(2, 3), requires_grad=True)
     y = x.to("cuda")
     assert y.device == "cuda" and isinstance(y.numpy(), np.ndarray)
     (y * y).sum().to("cpu").backward()
@@ -99,7 +100,8 @@ def test_to_cuda_and_back_keeps_values_and_gradients():
 
 def test_repr_shows_values_shape_dtype_and_device():
     text = repr(Tensor([1.5, 2.0], requires_grad=True))
-    assert "1.5" in text and "shape=(2,)" in text and "float32" in text and "cpu" in text and "requires_grad" in text
+    assert "1.5" in text and "shape=(2,)" in text and "float32" in text and "requires_grad" in text
+    assert f"device={backend.DEFAULT_DEVICE}" in text
 
 
 # ---------------------------------------------------------------- only backend.py imports numpy/cupy
@@ -160,8 +162,8 @@ def test_with_cupy_loaded_host_arrays_and_numpy_scalars_stay_on_the_cpu(monkeypa
         def get_array_module(*arrays):
             return np
 
+    x = tensor_on("cpu", np.arange(6.0).reshape(2, 3), requires_grad=True)
     monkeypatch.setattr(backend, "_cupy", FakeCupy)
-    x = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
     total = x.sum()  # .data is a numpy scalar here
     assert backend.device_of(total.data) == "cpu" and total.device == "cpu"
     assert float(total.numpy()) == 15.0

@@ -143,10 +143,14 @@ def test_find_checkpoint_prefers_best_and_explains_what_is_missing(tmp_path):
 
 
 def test_a_checkpoint_of_gpu_arrays_holds_host_data_and_loads_on_the_cpu(tmp_path, monkeypatch):
-    """The CPU side of "written on GPU, loaded on CPU": device arrays are copied to the host on save."""
+    """The CPU side of "written on GPU, loaded on CPU": device arrays are copied to the host on save.
+
+    With CuPy (a GPU, or tests/fake_cupy.py) the model trains on the device; without it a minimal
+    stand-in array that only `.get()` can bring to the host plays the device array.
+    """
     from tinygrad_gpt import backend
 
-    class FakeGpuArray:  # stands in for cupy.ndarray: only .get() brings the values to the host
+    class FakeGpuArray:
         def __init__(self, values):
             self._values = values
 
@@ -161,14 +165,23 @@ def test_a_checkpoint_of_gpu_arrays_holds_host_data_and_loads_on_the_cpu(tmp_pat
             return np
 
     model, optimizer = _tiny_model_and_optimizer()
-    _train_step(model, optimizer, 0)
-    on_gpu = {name: FakeGpuArray(np.array(value)) for name, value in model.state_dict().items()}
-    monkeypatch.setattr(backend, "_cupy", FakeCupy)
-    save_checkpoint(tmp_path / "ckpt_latest", on_gpu, optimizer.state_dict(), {"device": "cuda"})
-    monkeypatch.setattr(backend, "_cupy", None)
+    if backend.cupy_available():
+        model.to("cuda")
+        optimizer = AdamW(model.param_groups(0.1), lr=1e-2)
+        _train_step(model, optimizer, 0)
+        assert {p.device for p in model.parameters()} == {"cuda"}
+        save_checkpoint(tmp_path / "ckpt_latest", model.state_dict(), optimizer.state_dict(), {"device": "cuda"})
+    else:
+        _train_step(model, optimizer, 0)
+        on_gpu = {name: FakeGpuArray(np.array(value)) for name, value in model.state_dict().items()}
+        monkeypatch.setattr(backend, "_cupy", FakeCupy)
+        save_checkpoint(tmp_path / "ckpt_latest", on_gpu, optimizer.state_dict(), {"device": "cuda"})
+        monkeypatch.setattr(backend, "_cupy", None)
 
     ckpt = load_checkpoint(tmp_path / "ckpt_latest")
+    assert all(isinstance(v, np.ndarray) for v in ckpt.model_state.values())
     cpu_model, _ = _tiny_model_and_optimizer(seed=5)
-    cpu_model.load_state_dict(ckpt.model_state)
+    cpu_model.to("cpu").load_state_dict(ckpt.model_state)
     for name, value in model.state_dict().items():
-        np.testing.assert_array_equal(cpu_model.state_dict()[name], value)
+        np.testing.assert_array_equal(cpu_model.state_dict()[name], backend.to_numpy(value))
+        assert backend.device_of(cpu_model.state_dict()[name]) == "cpu"

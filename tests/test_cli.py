@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinygrad_gpt import data, sample, train
+from tinygrad_gpt import backend, data, sample, train
 from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
 
 TINY = "--n_layer 1 --n_head 2 --n_embd 16 --block_size 8 --batch_size 4 --eval_iters 2 --log_interval 1"
@@ -106,7 +106,8 @@ def test_training_writes_checkpoints_metrics_token_files_and_a_summary(trained):
     stdout = (trained / "stdout.txt").read_text()
     best = min(r["val_loss"] for r in evals)
     summary = stdout.strip().splitlines()[-1]
-    assert re.fullmatch(rf"done: 20 iterations, 640 tokens, [\d.]+ s wall on cpu.*; best val loss {best:.4f}; "
+    assert re.fullmatch(rf"done: 20 iterations, 640 tokens, [\d.]+ s wall on {backend.DEFAULT_DEVICE}.*; "
+                        rf"best val loss {best:.4f}; "
                         rf"checkpoint {re.escape(str(Path('out') / 'ckpt_best'))}", summary)  # fmt: skip
     assert "---------- sample ----------" in stdout
 
@@ -469,7 +470,7 @@ def test_the_default_command_runs_with_iterations_cut_short(tmp_path):
     """`python -m tinygrad_gpt.train` as a new user runs it: built-in corpus, default model; only shorter."""
     result = run("train", "--max_iters 2 --eval_iters 2 --max_new_tokens 50", tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "pydoc_data.topics" in result.stdout and "device cpu" in result.stdout
+    assert "pydoc_data.topics" in result.stdout and f"device {backend.DEFAULT_DEVICE}" in result.stdout
     assert re.search(
         r"done: 2 iterations, 1,536 tokens, .* best val loss [\d.]+; checkpoint out/ckpt_best", result.stdout
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygrad_gpt import Tensor, backend
+from tinygrad_gpt import backend
 
 if not backend.cupy_available():
     pytest.skip("CuPy with an NVIDIA GPU is not available (pip install \"tinygrad_gpt[gpu]\" on a CUDA machine)",
@@ -16,21 +16,23 @@ if not backend.cupy_available():
 
 from test_ops_torch import CASES  # noqa: E402  (after the skip: that table is what we run)
 
+from helpers import tensor_on  # noqa: E402
+
 
 def run_on(device: str, fn, arrays, dtype=np.float64, seed=0):
     """Outputs and float-input gradients (as host arrays) of sum(fn(*inputs) * w) with inputs on `device`."""
     inputs = []
     for a in arrays:
         a = np.asarray(a)
-        data = backend.asarray(a.astype(dtype) if a.dtype.kind == "f" else a, device=device)
-        inputs.append(Tensor(data, requires_grad=a.dtype.kind == "f", dtype=dtype if a.dtype.kind == "f" else None))
+        is_float = a.dtype.kind == "f"
+        inputs.append(tensor_on(device, a, dtype if is_float else None, requires_grad=is_float))
     outs = fn(*inputs)
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
     rng = np.random.default_rng(seed)
     loss = None
     for out in outs:
         assert out.device == device, f"an output on {out.device}, inputs on {device}"
-        w = Tensor(backend.asarray(rng.standard_normal(out.shape), dtype=dtype, device=device), dtype=dtype)
+        w = tensor_on(device, rng.standard_normal(out.shape), dtype)
         term = (out * w).sum()
         loss = term if loss is None else loss + term
     loss.backward()
@@ -70,7 +72,7 @@ def test_cupy_matches_numpy_float32(name):
 
 
 def test_mixing_devices_is_a_clear_error():
-    a = Tensor(np.ones(3))
+    a = tensor_on("cpu", np.ones(3))
     b = a.to("cuda")
     with pytest.raises(ValueError, match="different devices"):
         a + b

@@ -16,21 +16,19 @@ import numpy as np
 import pytest
 
 import tinygrad_gpt
-from tinygrad_gpt import Tensor, backend, cpu_kernels, gpu_kernels
+from helpers import requires_real_gpu, tensor_on
+from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
 from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.optim import adamw_update_
 
 REPO = Path(tinygrad_gpt.__file__).resolve().parent.parent
-requires_gpu = pytest.mark.skipif(
-    not backend.cupy_available(),
-    reason='CuPy with an NVIDIA GPU is not available (pip install "tinygrad_gpt[gpu]" on a CUDA machine)',
-)
 
 
 def _run_python(code: str, **env) -> str:
     """stdout of `code` run in a fresh interpreter on the numpy backend, with extra environment variables."""
+    env = {**os.environ, "TINYGRAD_GPT_BACKEND": "numpy", "TINYGRAD_GPT_TEST_FAKE_CUPY": "0", **env}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
-                            env={**os.environ, "TINYGRAD_GPT_BACKEND": "numpy", **env})
+                            env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -93,14 +91,14 @@ def _assert_close(got, want, dtype: str, tol: float, what: str) -> None:
 
 
 def _forward_backward(fn, arrays, gy, dtype):
-    """The library's output and input gradients of sum(fn(*inputs) * gy) on the CPU."""
-    inputs = [Tensor(a.astype(dtype), requires_grad=True, dtype=dtype) for a in arrays]
+    """The library's output and input gradients of sum(fn(*inputs) * gy) on the CPU (whatever the backend)."""
+    inputs = [tensor_on("cpu", a.astype(dtype), dtype, requires_grad=True) for a in arrays]
     out = fn(*inputs)
-    (out * Tensor(gy.astype(dtype), dtype=dtype)).sum().backward()
+    (out * tensor_on("cpu", gy.astype(dtype), dtype)).sum().backward()
     return out.numpy(), [t.grad.numpy() for t in inputs]
 
 
-@requires_gpu
+@requires_real_gpu
 def test_use_takes_contiguous_gpu_floats_only(monkeypatch):
     x = _gpu(np.ones((4, 6), np.float32))
     assert gpu_kernels.use(x) and gpu_kernels.use(x.astype(np.float16))
@@ -110,7 +108,7 @@ def test_use_takes_contiguous_gpu_floats_only(monkeypatch):
     assert not gpu_kernels.use(x), "turned off"
 
 
-@requires_gpu
+@requires_real_gpu
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 def test_gelu(dtype, tol, numpy_path):
     rng = np.random.default_rng(0)
@@ -125,7 +123,7 @@ def test_gelu(dtype, tol, numpy_path):
     _assert_close(gx, want_gx, dtype, tol, "gx")
 
 
-@requires_gpu
+@requires_real_gpu
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 @pytest.mark.parametrize("n, c", [(1, 1), (7, 16), (5, 33), (3, 768), (2, 1500), (600, 40)])
 def test_layer_norm(n, c, dtype, tol, numpy_path):
@@ -142,17 +140,17 @@ def test_layer_norm(n, c, dtype, tol, numpy_path):
         _assert_close(got, want, dtype, tol, name)
 
 
-@requires_gpu
+@requires_real_gpu
 def test_float16_is_accumulated_in_float32(numpy_path):
     # the row sums here (~150000) overflow float16 (max 65504): only float32 accumulation gets them right
     x = (100 + np.random.default_rng(2).standard_normal((4, 1500))).astype(np.float16)
     w, b = np.ones(1500, np.float16), np.zeros(1500, np.float16)
     y, _, _ = gpu_kernels.layer_norm_forward(_gpu(x), _gpu(w), _gpu(b), 1e-5)
-    want = F.layer_norm(Tensor(x, dtype=np.float64), Tensor(w, dtype=np.float64), Tensor(b, dtype=np.float64)).numpy()
+    want = F.layer_norm(*(tensor_on("cpu", a, np.float64) for a in (x, w, b))).numpy()
     _assert_close(y, want, "float16", 5e-3, "y")
 
 
-@requires_gpu
+@requires_real_gpu
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 @pytest.mark.parametrize("n, c, ignored", [(6, 10, [1, 4]), (4, 3000, []), (1, 1, [])])
 def test_softmax_cross_entropy(n, c, ignored, dtype, tol, numpy_path):
@@ -163,14 +161,14 @@ def test_softmax_cross_entropy(n, c, ignored, dtype, tol, numpy_path):
     loss, probs = gpu_kernels.softmax_cross_entropy_forward(_gpu(logits), _gpu(targets), -1)
     grad = gpu_kernels.softmax_cross_entropy_backward_(probs, _gpu(targets), -1, _gpu(np.asarray(0.7, dtype)))
     rd = _ref_dtype(dtype)
-    ref_logits = Tensor(logits.astype(rd), requires_grad=True, dtype=rd)
+    ref_logits = tensor_on("cpu", logits.astype(rd), rd, requires_grad=True)
     ref_loss = F.cross_entropy(ref_logits, targets, ignore_index=-1)
     (ref_loss * 0.7).backward()
     _assert_close(loss, ref_loss.numpy(), dtype, tol, "loss")
     _assert_close(grad, ref_logits.grad.numpy(), dtype, tol, "gradient")
 
 
-@requires_gpu
+@requires_real_gpu
 def test_cross_entropy_with_every_target_ignored_is_nan_with_zero_gradient():
     logits, targets = _gpu(np.ones((3, 4), np.float32)), _gpu(np.full(3, -1))
     loss, probs = gpu_kernels.softmax_cross_entropy_forward(logits, targets, -1)
@@ -179,7 +177,7 @@ def test_cross_entropy_with_every_target_ignored_is_nan_with_zero_gradient():
     assert not backend.to_numpy(grad).any()
 
 
-@requires_gpu
+@requires_real_gpu
 @pytest.mark.parametrize("dtype, tol", DTYPES)
 @pytest.mark.parametrize("shape, causal", [((2, 5, 5), True), ((3, 2, 7), True), ((2, 4, 6), False),
                                            ((1, 3, 1100), True), ((2, 1, 1), True)])
@@ -202,7 +200,7 @@ def test_attention_softmax(shape, causal, dtype, tol, numpy_path):
     _assert_close(g, want_g, dtype, tol, "score gradient")
 
 
-@requires_gpu
+@requires_real_gpu
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-6)])
 def test_adamw(dtype, tol, numpy_path):
     rng = np.random.default_rng(5)

@@ -296,6 +296,6 @@ def test_only_float_tensors_require_grad():
 
 @pytest.mark.skipif(not backend.cupy_available(), reason="needs CuPy and an NVIDIA GPU to put tensors on two devices")
 def test_device_mismatch_is_an_error():
-    a, b = param(3), param(3).to("cuda")
+    a, b = param(3).to("cpu"), param(3).to("cuda")
     with pytest.raises(ValueError, match="different devices.*cpu.*cuda"):
         a + b

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import HAS_TORCH, requires_torch
-from tinygrad_gpt import Tensor, nn
+from tinygrad_gpt import Tensor, backend, nn
 from tinygrad_gpt.optim import SGD, Adam, AdamW, clip_grad_norm_, cosine_lr
 
 if HAS_TORCH:
@@ -241,7 +241,7 @@ def test_rebound_param_data_is_taken_back_into_the_flat_buffer():
     ours, theirs = _ours(arrays), _theirs(new)
     our_opt, torch_opt = _make("adam", ours, theirs, lr=0.1)
     for p, v in zip(ours, new):
-        p.data = v.copy()
+        p.data = backend.asarray(v.copy(), device=p.device)
     _run_both(our_opt, torch_opt, ours, theirs, n_steps=2)
     assert ours[0].data.base is ours[1].data.base
 

@@ -193,12 +193,16 @@ def device_name(device: str | None = None) -> str:
 
 _seed = 1337
 _generators: dict = {}
+# CuPy's generator state cannot be read back, so exact resume on the GPU works with numbered streams:
+# the GPU generator of stream k is seeded from (seed, k), and taking the RNG state for a checkpoint
+# moves on to stream k + 1, which a resumed run can start too.
+_gpu_stream = 0
 
 
 def manual_seed(seed: int) -> None:
     """Seed the library's generators (dropout, init, sampling) on every device."""
-    global _seed
-    _seed = int(seed)
+    global _seed, _gpu_stream
+    _seed, _gpu_stream = int(seed), 0
     _generators.clear()
 
 
@@ -209,7 +213,8 @@ def generator(device: str | None = None):
         if device == "cpu":
             _generators[device] = np.random.default_rng(_seed)
         else:
-            _generators[device] = _load_cupy().random.RandomState(_seed)
+            seed = _seed if _gpu_stream == 0 else int(np.random.SeedSequence([_seed, _gpu_stream]).generate_state(1)[0])
+            _generators[device] = _load_cupy().random.RandomState(seed)
     return _generators[device]
 
 
@@ -234,14 +239,36 @@ def host_generator(seed: int):
     return np.random.default_rng(seed)
 
 
+def start_gpu_stream(stream: int) -> None:
+    """Let the GPU generator continue on stream `stream`, seeded from (seed, stream), at its next use.
+
+    The training loop starts stream iter_num + 1 at every iteration, so a run resumed from any
+    iteration draws the dropout masks that the uninterrupted run drew. No effect on the CPU generator.
+    """
+    global _gpu_stream
+    _gpu_stream = int(stream)
+    _generators.pop("cuda", None)
+
+
 def get_rng_state() -> dict:
-    """The CPU generator's state as JSON-friendly data (for exact resume)."""
-    return {"seed": _seed, "cpu": generator("cpu").bit_generator.state}
+    """The generators' state as JSON-friendly data, for an exact resume with `set_rng_state`.
+
+    The CPU generator's state is saved as is. The GPU generator's cannot be read, so if it has been
+    used, it moves on to a fresh stream here (the run that saves and the run that resumes both
+    continue on that stream).
+    """
+    global _gpu_stream
+    if "cuda" in _generators:
+        _gpu_stream += 1
+        del _generators["cuda"]  # made again, from (seed, stream), at its next use
+    return {"seed": _seed, "cpu": generator("cpu").bit_generator.state, "gpu_stream": _gpu_stream}
 
 
 def set_rng_state(state: dict) -> None:
+    global _gpu_stream
     manual_seed(state["seed"])
     generator("cpu").bit_generator.state = state["cpu"]
+    _gpu_stream = int(state.get("gpu_stream", 0))  # checkpoints from before GPU streams have none
 
 
 # ---------------------------------------------------------------- CPU memory allocator

@@ -186,7 +186,7 @@ class Optimizer:
             value, name = entry[key], f"{where}[{key!r}]"
             if key == "step":
                 try:
-                    step = int(backend.to_numpy(backend.asarray(value)))
+                    step = int(backend.to_numpy(backend.asarray(value, device="cpu")))
                 except (TypeError, ValueError) as e:
                     raise ValueError(f"load_state_dict: {name} is not an integer ({e})") from None
                 if step < 0:

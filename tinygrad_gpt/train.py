@@ -446,12 +446,13 @@ def train(run: Run) -> int:
             lr = get_lr(config, run.iter_num)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
             x, y = run.batches["train"].next_batch()  # (B, T) inputs and next-character targets
             _, loss = model(x, y)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                return diverged(run, progress, f"loss is {loss_value} at iteration {run.iter_num + 1}")
             backward_and_step(run, loss)
+            loss_value = loss.item()  # read after the step: a GPU runs forward and backward without a wait
+            if not math.isfinite(loss_value):  # nothing is saved from here, so the step's weights are dropped
+                return diverged(run, progress, f"loss is {loss_value} at iteration {run.iter_num + 1}")
             run.iter_num += 1
             iters_since += 1
             logged = run.iter_num % config.log_interval == 0

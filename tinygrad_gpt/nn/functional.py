@@ -88,7 +88,7 @@ def embedding(idx, weight: Tensor) -> Tensor:
     idx = backend.asarray(_raw(idx), device=weight.device)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding: indices must be integers, got dtype {idx.dtype}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= weight.shape[0]):
+    if idx.size and bool(((idx < 0) | (idx >= weight.shape[0])).any()):  # one host sync on a GPU
         raise ValueError(
             f"embedding: indices must be in [0, {weight.shape[0]}), got min {int(idx.min())} max {int(idx.max())}"
         )
@@ -264,8 +264,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
     n_classes = logits.shape[-1]
-    valid = targets[targets != ignore_index]
-    if valid.size and (int(valid.min()) < 0 or int(valid.max()) >= n_classes):
+    if bool((((targets < 0) | (targets >= n_classes)) & (targets != ignore_index)).any()):  # one host sync
+        valid = targets[targets != ignore_index]
         raise ValueError(f"cross_entropy: targets must be in [0, {n_classes}) or {ignore_index}, "
                          f"got min {int(valid.min())} max {int(valid.max())}")
     return CrossEntropy.apply(logits, targets=targets, ignore_index=ignore_index)
@@ -273,7 +273,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
 
 def mse_loss(pred: Tensor, target) -> Tensor:
     """Mean squared error."""
-    target = target if isinstance(target, Tensor) else Tensor(target, dtype=pred.dtype)
+    if not isinstance(target, Tensor):
+        target = Tensor(backend.asarray(_raw(target), dtype=pred.dtype, device=pred.device))
     if pred.shape != target.shape:
         raise ValueError(f"mse_loss: prediction of shape {pred.shape} and target of shape {target.shape} differ")
     diff = pred - target
