@@ -14,6 +14,8 @@ float32 in float32 and float64 in float64. Set TINYGRAD_GPT_GPU_KERNELS=0 to tur
 TF32: CuPy's float32 matmuls use TF32 tensor cores only when the environment variable CUPY_TF32=1
 is set before CuPy runs its first float32 matmul (CuPy reads it once, then caches the choice).
 `enable_tf32()` sets it; call it before any tensor math, best before `tinygrad_gpt` is imported.
+Unverified (no GPU so far): CuPy's source suggests its 2-D matmul honours CUPY_TF32 but its batched
+(3-D and up) matmul may not, which would leave attention's matmuls in full float32.
 """
 
 from __future__ import annotations

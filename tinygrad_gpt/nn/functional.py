@@ -359,7 +359,8 @@ class SelfAttention(Function):
     """Causal multi-head attention straight from the fused qkv projection to merged heads.
 
     Heads are strided views of the (B, T, 3C) input, and the output and gradients are written
-    through views into (B, T, C) and (B, T, 3C) arrays, so no head is ever copied or transposed.
+    through views into (B, T, C) and (B, T, 3C) arrays, so NumPy never copies or transposes a head.
+    (CuPy's batched matmul makes strided operands contiguous first, so on a GPU the heads are copied.)
     """
 
     def forward(self, qkv, n_head=1):
@@ -391,7 +392,8 @@ def causal_self_attention(qkv: Tensor, n_head: int) -> Tensor:
     """Causal multi-head self-attention on the output of a fused q, k, v projection.
 
     Equal to splitting qkv into q, k, v, reshaping each to (B, nh, T, hs), calling
-    scaled_dot_product_attention(q, k, v, is_causal=True) and merging the heads, without the copies.
+    scaled_dot_product_attention(q, k, v, is_causal=True) and merging the heads, without the copies
+    (on NumPy; CuPy copies strided matmul operands itself).
 
     Args:
         qkv: (B, T, 3 C) with q, k, v side by side on the last axis; n_head divides C.
