@@ -8,7 +8,8 @@ wrong, so the tests catch, without a GPU:
 - a result that silently leaves the device (every result of an op on device arrays is a device array,
   0-d ones included, as in CuPy);
 - NumPy-only API on the device: the random generator is `RandomState` with CuPy's signatures, and
-  `cupyx.scatter_add` is the scatter-add.
+  `cupyx.scatter_add` is the scatter-add;
+- CuPy's silent wrap-around of out-of-range integer-array indices (NumPy raises IndexError).
 The fused CUDA kernels cannot run here; tests under this stand-in run with TINYGRAD_GPT_GPU_KERNELS=0
 (tests/test_gpu_kernels_compile.py compiles them with NVRTC instead).
 
@@ -33,6 +34,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801  (the name CuPy uses)
     """A "device" array: a NumPy array that refuses to be mixed with, or silently turned into, host arrays."""
 
     __slots__ = ("_a", "__weakref__")
+    __module__ = "cupy"  # as cupy.ndarray's
 
     def __init__(self, host_array: np.ndarray):
         self._a = host_array
@@ -70,7 +72,7 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801  (the name CuPy uses)
         return _wrap(value) if isinstance(value, np.ndarray) else value
 
     def __getitem__(self, key):
-        return _wrap(self._a[_unwrap(key, allow_host=True)])
+        return _wrap(self._a[_wrap_around(self._a.shape, _unwrap(key, allow_host=True))])
 
     def __setitem__(self, key, value):
         self._a[_unwrap(key, allow_host=True)] = _unwrap(value, allow_host=True)
@@ -105,6 +107,19 @@ class ndarray(NDArrayOperatorsMixin):  # noqa: N801  (the name CuPy uses)
 
 
 _bases = weakref.WeakValueDictionary()  # id of a NumPy base array -> its one device wrapper
+
+
+def _wrap_around(shape: tuple, key):
+    """CuPy's out-of-range integer-array indices wrap around (NumPy raises): index % size on each axis.
+
+    Done for keys of ints, slices and integer arrays (one axis each), which is what the library makes.
+    """
+    parts = key if isinstance(key, tuple) else (key,)
+    if any(p is None or p is Ellipsis or (isinstance(p, np.ndarray) and p.dtype == bool) for p in parts):
+        return key
+    wrapped = tuple(p % shape[axis] if isinstance(p, (np.ndarray, list)) and np.asarray(p).dtype.kind in "iu"
+                    and axis < len(shape) and shape[axis] else p for axis, p in enumerate(parts))
+    return wrapped if isinstance(key, tuple) else wrapped[0]
 
 
 def _unwrap(x, allow_host: bool = False):

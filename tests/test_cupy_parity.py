@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygrad_gpt import backend
+from tinygrad_gpt import Tensor, backend
 
 if not backend.cupy_available():
     pytest.skip("CuPy with an NVIDIA GPU is not available (pip install \"tinygrad_gpt[gpu]\" on a CUDA machine)",
@@ -76,3 +76,44 @@ def test_mixing_devices_is_a_clear_error():
     b = a.to("cuda")
     with pytest.raises(ValueError, match="different devices"):
         a + b
+
+
+@pytest.mark.parametrize("index, axis, bad", [
+    (np.array([0, 3]), 0, 3),  # CuPy would read row 0 again
+    ((slice(None), np.array([-1, -5])), 1, -5),
+    ((Ellipsis, np.array([[4]])), 1, 4),
+    ([1, 7], 0, 7),
+])  # fmt: skip
+def test_out_of_range_integer_indices_raise_on_the_gpu_too(index, axis, bad):
+    x = tensor_on("cuda", np.arange(12.0).reshape(3, 4))
+    with pytest.raises(IndexError, match=f"index {bad} is out of range for axis {axis}"):
+        x[index]
+
+
+def test_in_range_integer_indices_on_the_gpu_give_numpy_values_and_gradients():
+    index = (np.array([2, -1, 0, 2]), slice(1, 3))
+    x = tensor_on("cuda", np.arange(12.0).reshape(3, 4), requires_grad=True)
+    y = x[index]
+    np.testing.assert_array_equal(y.numpy(), np.arange(12.0).reshape(3, 4)[index])
+    y.sum().backward()
+    expected = np.zeros((3, 4))
+    np.add.at(expected, index, 1.0)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
+def test_comparisons_take_host_arrays_and_refuse_tensors_on_another_device():
+    a, b = np.array([1.0, 5.0, 3.0]), np.array([2.0, 5.0, 1.0])
+    x = tensor_on("cuda", a)
+    for ours, numpy_op in (("__lt__", "__lt__"), ("__le__", "__le__"), ("__gt__", "__gt__"), ("__ge__", "__ge__"),
+                           ("eq", "__eq__")):
+        got = getattr(x, ours)(b)
+        assert got.device == "cuda"
+        np.testing.assert_array_equal(got.numpy(), getattr(a, numpy_op)(b))
+    with pytest.raises(ValueError, match="different devices"):
+        x.eq(tensor_on("cpu", a))
+
+
+def test_a_cupy_array_made_before_the_library_loaded_cupy_is_on_the_gpu(monkeypatch):
+    device_array = backend.to_device(np.ones(3), "cuda")
+    monkeypatch.setattr(backend, "_cupy", None)  # as on the numpy backend before anything needed CuPy
+    assert backend.device_of(device_array) == "cuda" and Tensor(device_array).device == "cuda"

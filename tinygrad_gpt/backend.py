@@ -92,13 +92,21 @@ def check_device(device: str) -> str:
     return device
 
 
+def _is_cupy_array(x) -> bool:
+    if _cupy is None:
+        if not type(x).__module__.startswith("cupy"):
+            return False
+        _load_cupy()  # a CuPy array made before the library needed CuPy (e.g. on the numpy backend)
+    return isinstance(x, _cupy.ndarray)
+
+
 def device_of(array) -> str:
     """'cuda' for a CuPy array, 'cpu' for anything else (NumPy arrays and NumPy scalars)."""
-    return "cuda" if _cupy is not None and isinstance(array, _cupy.ndarray) else "cpu"
+    return "cuda" if _is_cupy_array(array) else "cpu"
 
 
 def is_array(x) -> bool:
-    return isinstance(x, np.ndarray) or (_cupy is not None and isinstance(x, _cupy.ndarray))
+    return isinstance(x, np.ndarray) or _is_cupy_array(x)
 
 
 def check_same_device(arrays, op_name: str) -> None:

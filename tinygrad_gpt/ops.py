@@ -340,6 +340,8 @@ class Expand(Function):
 class GetItem(Function):
     def forward(self, x, index=None):
         self.in_shape, self.index = x.shape, index
+        if backend.device_of(x) == "cuda":
+            _check_int_indices_in_range(x.shape, index)
         return x[index]
 
     def backward(self, gy):
@@ -350,6 +352,30 @@ class GetItem(Function):
         else:
             gx[self.index] = gy
         return gx
+
+
+def _check_int_indices_in_range(shape: tuple, index) -> None:
+    """Raise IndexError for an out-of-range integer-array index, as NumPy does; CuPy would wrap it around.
+
+    Costs one host sync per integer array in `index` (none for slices and ints, which CuPy checks).
+    """
+    parts = index if isinstance(index, tuple) else (index,)
+    is_mask = [backend.is_array(p) and p.dtype == bool for p in parts]
+    consumed = sum(p.ndim if m else p is not None and p is not Ellipsis for p, m in zip(parts, is_mask))
+    axis = 0
+    for p, mask in zip(parts, is_mask):
+        if p is Ellipsis:
+            axis += len(shape) - consumed
+        elif p is not None:
+            if (backend.is_array(p) and p.dtype.kind in "iu") or isinstance(p, list):
+                size = shape[axis] if axis < len(shape) else 0
+                xp = backend.get_array_module(p) if backend.is_array(p) else backend.xp_for("cpu")
+                p = xp.asarray(p)
+                if p.size and bool(((p < -size) | (p >= size)).any()):
+                    bad = int(p[(p < -size) | (p >= size)].ravel()[0])
+                    raise IndexError(f"index {bad} is out of range for axis {axis} of size {size} "
+                                     f"(on the GPU CuPy would wrap it around silently)")
+            axis += p.ndim if mask else 1
 
 
 def _has_int_array(index) -> bool:

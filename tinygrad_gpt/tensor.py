@@ -308,19 +308,19 @@ class Tensor:
 
     # comparisons give boolean tensors without gradients (== and != keep Python identity)
     def __lt__(self, other):
-        return Tensor._make(self.data < _raw(other), False, None)
+        return Tensor._make(self.data < _comparand(other, self), False, None)
 
     def __le__(self, other):
-        return Tensor._make(self.data <= _raw(other), False, None)
+        return Tensor._make(self.data <= _comparand(other, self), False, None)
 
     def __gt__(self, other):
-        return Tensor._make(self.data > _raw(other), False, None)
+        return Tensor._make(self.data > _comparand(other, self), False, None)
 
     def __ge__(self, other):
-        return Tensor._make(self.data >= _raw(other), False, None)
+        return Tensor._make(self.data >= _comparand(other, self), False, None)
 
     def eq(self, other) -> Tensor:
-        return Tensor._make(self.data == _raw(other), False, None)
+        return Tensor._make(self.data == _comparand(other, self), False, None)
 
     __hash__ = object.__hash__
 
@@ -622,6 +622,16 @@ def _float_operands(a, b, op_name: str) -> tuple:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+def _comparand(x, like: Tensor):
+    """What a comparison with `like` compares against: arrays and lists on like's device, dtype kept."""
+    if isinstance(x, Tensor):
+        backend.check_same_device([like.data, x.data], "comparison")
+        return x.data
+    if backend.is_array(x) or isinstance(x, (list, tuple)):
+        return backend.asarray(x, device=like.device)
+    return x  # a Python or NumPy scalar
 
 
 def _raw_index(index):
