@@ -169,3 +169,11 @@ def test_with_cupy_loaded_host_arrays_and_numpy_scalars_stay_on_the_cpu(monkeypa
     assert float(total.numpy()) == 15.0
     (total * 2).backward()
     np.testing.assert_allclose(x.grad.numpy(), 2.0)
+
+
+def test_the_device_argument_puts_a_new_tensor_on_that_device():
+    t = Tensor(np.ones(2), device="cpu")  # on the cupy backend too
+    assert t.device == "cpu" and isinstance(t.data, np.ndarray)
+    assert Tensor([1.0]).device == backend.DEFAULT_DEVICE
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        Tensor([1.0], device="gpu")

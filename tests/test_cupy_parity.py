@@ -8,7 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygrad_gpt import Tensor, backend
+import tinygrad_gpt
+from tinygrad_gpt import Tensor, backend, manual_seed
+from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.nn import functional as F
+from tinygrad_gpt.optim import AdamW, clip_grad_norm_
 
 if not backend.cupy_available():
     pytest.skip("CuPy with an NVIDIA GPU is not available (pip install \"tinygrad_gpt[gpu]\" on a CUDA machine)",
@@ -117,3 +121,62 @@ def test_a_cupy_array_made_before_the_library_loaded_cupy_is_on_the_gpu(monkeypa
     device_array = backend.to_device(np.ones(3), "cuda")
     monkeypatch.setattr(backend, "_cupy", None)  # as on the numpy backend before anything needed CuPy
     assert backend.device_of(device_array) == "cuda" and Tensor(device_array).device == "cuda"
+
+
+# ---------------------------------------------------------------- fused functions and a training run
+
+def _randn(*shape, seed=0):
+    return np.random.default_rng(seed + len(shape)).standard_normal(shape)
+
+
+_TARGETS = np.array([[1, 4, 0, 7, -1, 2, 9, 3], [5, -1, 6, 6, 0, 8, 1, 2]])  # -1: ignored
+FUSED = {
+    "linear": (F.linear, [_randn(2, 8, 16), _randn(16, 24, seed=1), _randn(24, seed=2)]),  # weight (in, out)
+    "layer_norm": (F.layer_norm, [_randn(2, 8, 16) * 3 + 1, _randn(16, seed=1), _randn(16, seed=2)]),
+    "gelu": (F.gelu, [_randn(2, 8, 16) * 2]),
+    "cross_entropy": (lambda x, t: F.cross_entropy(x, t), [_randn(2, 8, 10) * 2, _TARGETS]),
+    "embedding": (lambda i, w: F.embedding(i, w), [np.abs(_TARGETS), _randn(10, 16)]),
+    "causal_self_attention": (lambda qkv: F.causal_self_attention(qkv, 4), [_randn(2, 8, 48)]),
+    "scaled_dot_product_attention causal": (
+        F.scaled_dot_product_attention, [_randn(2, 4, 8, 4), _randn(2, 4, 8, 4, seed=1), _randn(2, 4, 8, 4, seed=2)]),
+    "scaled_dot_product_attention full": (
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
+        [_randn(2, 4, 5, 4), _randn(2, 4, 7, 4, seed=1), _randn(2, 4, 7, 4, seed=2)]),
+    "mse_loss": (F.mse_loss, [_randn(3, 5), _randn(3, 5, seed=1)]),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED))
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-9), (np.float32, 2e-4)])
+def test_fused_functions_match_numpy(name, dtype, tol):
+    fn, arrays = FUSED[name]
+    _assert_same(run_on("cpu", fn, arrays, dtype=dtype), run_on("cuda", fn, arrays, dtype=dtype), rtol=tol, atol=tol)
+
+
+def _train_tiny_gpt(device: str, dtype, steps: int = 6):
+    """Per-step losses and final weights of a tiny GPT trained with AdamW and clipping on `device`."""
+    tinygrad_gpt.set_default_dtype(dtype)
+    manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+    model.to(device)
+    optimizer = AdamW(model.param_groups(0.1), lr=3e-3)
+    x, y = np.random.default_rng(0).integers(0, 13, (2, 4, 8))  # one batch, learned by heart
+    losses = []
+    for _ in range(steps):
+        _, loss = model(backend.asarray(x, device=device), backend.asarray(y, device=device))
+        optimizer.zero_grad()
+        loss.backward()
+        clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, {name: backend.to_numpy(v) for name, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
+def test_a_tiny_gpt_trains_the_same_on_both_devices(dtype, tol):
+    cpu_losses, cpu_weights = _train_tiny_gpt("cpu", dtype)
+    gpu_losses, gpu_weights = _train_tiny_gpt("cuda", dtype)
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=tol)
+    assert cpu_losses[-1] < cpu_losses[0]  # it did train
+    for name, value in cpu_weights.items():
+        np.testing.assert_allclose(gpu_weights[name], value, rtol=tol, atol=tol, err_msg=name)

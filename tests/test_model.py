@@ -210,7 +210,7 @@ def test_kv_cache_logits_equal_full_forward(float64, variant):
     model = tiny_gpt(**VARIANTS[variant])
     idx = tokens((2, 8))
     full, _ = model(idx)
-    cache = KVCache(model.config, 2, np.float64, "cpu")
+    cache = KVCache(model.config, 2, np.float64, model.device)
     with tinygrad_gpt.no_grad():
         parts = [model(idx[:, :3], kv_cache=cache)[0]]  # the prompt, then one position at a time
         parts += [model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(3, 8)]
@@ -218,7 +218,7 @@ def test_kv_cache_logits_equal_full_forward(float64, variant):
             model(idx[:, :1], kv_cache=cache)
     np.testing.assert_allclose(np.concatenate([p.numpy() for p in parts], axis=1), full.numpy(), rtol=1e-12, atol=1e-12)
     with pytest.raises(RuntimeError, match="no_grad"):
-        model(idx[:, :1], kv_cache=KVCache(model.config, 2, np.float64, "cpu"))
+        model(idx[:, :1], kv_cache=KVCache(model.config, 2, np.float64, model.device))
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,8 @@ class MasterWeights:
         named = list(model.named_parameters())
         self.names = [name for name, _ in named]
         self.model_params = [p for _, p in named]
-        self.params = [Tensor(p.data.astype(MASTER_DTYPE), requires_grad=True) for p in self.model_params]
+        self.params = [Tensor(p.data.astype(MASTER_DTYPE), requires_grad=True, device=p.device)
+                       for p in self.model_params]
         self._master_of = {id(p): m for p, m in zip(self.model_params, self.params)}
         model.to(dtype=dtype)
 
@@ -66,7 +67,7 @@ class MasterWeights:
             grad *= inv_scale
             finite = xp.isfinite(grad).all()
             all_finite = finite if all_finite is None else all_finite & finite
-            master.grad = Tensor(grad, dtype=grad.dtype)
+            master.grad = Tensor(grad, dtype=grad.dtype, device=master.device)
         return all_finite is None or bool(all_finite)
 
     def copy_to_model(self) -> None:

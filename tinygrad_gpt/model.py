@@ -150,7 +150,8 @@ class KVCache:
         self.k[layer, :, :, self.length : end] = k.data
         self.v[layer, :, :, self.length : end] = v.data
         keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # views, no copy
-        return Tensor(keys, dtype=keys.dtype), Tensor(values, dtype=values.dtype)
+        device = backend.device_of(keys)
+        return Tensor(keys, dtype=keys.dtype, device=device), Tensor(values, dtype=values.dtype, device=device)
 
 
 # ---------------------------------------------------------------- the model

@@ -408,7 +408,7 @@ def clip_grad_norm_(params, max_norm: float) -> float:
     if scale < 1.0:  # torch multiplies by min(scale, 1): nothing to do when it is 1
         for p in grads:
             scaled = p.grad.data * scale
-            p.grad = Tensor(scaled, dtype=scaled.dtype)
+            p.grad = Tensor(scaled, dtype=scaled.dtype, device=p.device)
     return total_norm
 
 

@@ -96,14 +96,19 @@ class Tensor:
     __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
     __array_priority__ = 1000  # so `ndarray + Tensor` calls Tensor.__radd__
 
-    def __init__(self, data, requires_grad: bool = False, dtype=None):
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
+        """`data` (array, nested lists or number) as a tensor on `device`.
+
+        Without `device`, a CuPy array stays on the GPU and anything else goes to the backend's
+        device (TINYGRAD_GPT_BACKEND), as torch.tensor goes to the default device.
+        """
         if isinstance(data, Tensor):
             data = data.data
         if dtype is None and not backend.is_array(data):
-            data = backend.asarray(data)
+            data = backend.asarray(data, device=device)
         if dtype is None and backend.is_float(data.dtype):
             dtype = _default_float  # floats become the default float dtype, so nothing upcasts later
-        self.data = backend.asarray(data, dtype=dtype)
+        self.data = backend.asarray(data, dtype=dtype, device=device)
         if requires_grad and not backend.is_float(self.data.dtype):
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)

@@ -274,7 +274,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
 def mse_loss(pred: Tensor, target) -> Tensor:
     """Mean squared error."""
     if not isinstance(target, Tensor):
-        target = Tensor(backend.asarray(_raw(target), dtype=pred.dtype, device=pred.device))
+        target = Tensor(target, dtype=pred.dtype, device=pred.device)
     if pred.shape != target.shape:
         raise ValueError(f"mse_loss: prediction of shape {pred.shape} and target of shape {target.shape} differ")
     diff = pred - target

@@ -79,7 +79,7 @@ class LayerNorm(Module):
         bias = self.bias
         if bias is None:  # F.layer_norm always shifts: shift by a constant zero
             xp = backend.get_array_module(self.weight.data)
-            bias = Tensor(xp.zeros_like(self.weight.data), dtype=self.weight.dtype)
+            bias = Tensor(xp.zeros_like(self.weight.data), dtype=self.weight.dtype, device=self.weight.device)
         return F.layer_norm(x, self.weight, bias, eps=self.eps)
 
     def extra_repr(self) -> str:

@@ -151,10 +151,10 @@ class Module:
         for p in self.parameters():
             p.data = _convert(p.data, device, dtype)
             if p.grad is not None:
-                p.grad = Tensor(_convert(p.grad.data, device, dtype), dtype=dtype or p.grad.dtype)
+                p.grad = Tensor(p.grad, dtype=dtype or p.grad.dtype, device=device or p.grad.device)
         for owner, name, t in self._buffers():
             cast = dtype if backend.is_float(t.dtype) else None
-            setattr(owner, name, Tensor(_convert(t.data, device, cast), dtype=cast or t.dtype))
+            setattr(owner, name, Tensor(t, dtype=cast or t.dtype, device=device or t.device))
         return self
 
     # ------------------------------------------------------------ printing
