@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from helpers import requires_torch
+from tinygrad_gpt import backend
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -112,6 +113,19 @@ def test_bench_train_runs_ours_alone():
     columns, rows = harness.parse_markdown_table(out)
     assert columns == TRAIN_COLUMNS and [r[0] for r in rows] == ["tinygrad_gpt"]
     assert "pure NumPy" in out
+    assert number(rows[0][columns.index("last loss")]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not backend.cupy_available(), reason="needs CuPy and an NVIDIA GPU (or tests/fake_cupy.py)")
+def test_bench_train_runs_ours_on_the_gpu():
+    out = run_script(
+        "bench_train.py", "--config", "tiny", "--steps", "1", "--blocks", "1", "--warmup", "1",
+        "--sgemm_size", "64", "--frameworks", "tinygrad", "--backend", "cupy",
+    )  # fmt: skip
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == TRAIN_COLUMNS and [r[0] for r in rows] == ["tinygrad_gpt"]
+    assert "tinygrad_gpt: cuda (" in out
     assert number(rows[0][columns.index("last loss")]) > 0
 
 
