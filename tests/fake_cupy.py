@@ -182,8 +182,11 @@ class _Module(types.ModuleType):
 class RandomState:
     """cupy.random.RandomState's methods that the library uses, with CuPy's signatures (dtype= included)."""
 
-    def __init__(self, seed=None):
+    def __init__(self, seed=None, method=None):
         self._rs = np.random.RandomState(seed)
+
+    def seed(self, seed=None):
+        self._rs.seed(seed)
 
     def standard_normal(self, size=None, dtype=float):
         return ndarray(np.asarray(self._rs.standard_normal(size)).astype(dtype))
@@ -239,6 +242,7 @@ def install() -> None:
     numpy_namespace.random = types.SimpleNamespace(RandomState=RandomState)
     numpy_namespace.cuda = types.SimpleNamespace(
         Device=_Device,
+        curand=types.SimpleNamespace(CURAND_RNG_PSEUDO_PHILOX4_32_10=161),  # cuRAND's enum value
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
                                       getDeviceProperties=lambda i: {"name": b"fake_cupy (NumPy on the CPU)"}),
     )

@@ -180,3 +180,21 @@ def test_a_tiny_gpt_trains_the_same_on_both_devices(dtype, tol):
     assert cpu_losses[-1] < cpu_losses[0]  # it did train
     for name, value in cpu_weights.items():
         np.testing.assert_allclose(gpu_weights[name], value, rtol=tol, atol=tol, err_msg=name)
+
+
+def test_gpu_random_streams_replay_and_survive_a_checkpoint():
+    def draw():
+        return backend.to_numpy(backend.rand((5,), np.float32, device="cuda"))
+
+    manual_seed(3)
+    backend.start_gpu_stream(7)
+    first = draw()
+    backend.start_gpu_stream(7)
+    np.testing.assert_array_equal(draw(), first)  # a stream replays from its start
+    backend.start_gpu_stream(8)
+    assert not np.array_equal(draw(), first)
+    state = backend.get_rng_state()  # moves on to a fresh stream, which a resumed run starts too
+    after_save = [draw(), draw()]
+    manual_seed(99)
+    backend.set_rng_state(state)
+    np.testing.assert_array_equal(np.stack([draw(), draw()]), np.stack(after_save))

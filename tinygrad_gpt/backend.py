@@ -203,8 +203,13 @@ _seed = 1337
 _generators: dict = {}
 # CuPy's generator state cannot be read back, so exact resume on the GPU works with numbered streams:
 # the GPU generator of stream k is seeded from (seed, k), and taking the RNG state for a checkpoint
-# moves on to stream k + 1, which a resumed run can start too.
+# moves on to stream k + 1, which a resumed run can start too. The GPU generator is cuRAND's Philox
+# (as PyTorch's CUDA generator): counter-based, so reseeding it costs no state set-up.
 _gpu_stream = 0
+
+
+def _gpu_stream_seed() -> int:
+    return _seed if _gpu_stream == 0 else int(np.random.SeedSequence([_seed, _gpu_stream]).generate_state(1)[0])
 
 
 def manual_seed(seed: int) -> None:
@@ -221,8 +226,9 @@ def generator(device: str | None = None):
         if device == "cpu":
             _generators[device] = np.random.default_rng(_seed)
         else:
-            seed = _seed if _gpu_stream == 0 else int(np.random.SeedSequence([_seed, _gpu_stream]).generate_state(1)[0])
-            _generators[device] = _load_cupy().random.RandomState(seed)
+            cupy = _load_cupy()
+            philox = cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
+            _generators[device] = cupy.random.RandomState(_gpu_stream_seed(), method=philox)
     return _generators[device]
 
 
@@ -248,14 +254,15 @@ def host_generator(seed: int):
 
 
 def start_gpu_stream(stream: int) -> None:
-    """Let the GPU generator continue on stream `stream`, seeded from (seed, stream), at its next use.
+    """Switch the GPU generator to stream `stream`, seeded from (seed, stream).
 
     The training loop starts stream iter_num + 1 at every iteration, so a run resumed from any
     iteration draws the dropout masks that the uninterrupted run drew. No effect on the CPU generator.
     """
     global _gpu_stream
     _gpu_stream = int(stream)
-    _generators.pop("cuda", None)
+    if "cuda" in _generators:
+        _generators["cuda"].seed(_gpu_stream_seed())
 
 
 def get_rng_state() -> dict:
@@ -268,7 +275,7 @@ def get_rng_state() -> dict:
     global _gpu_stream
     if "cuda" in _generators:
         _gpu_stream += 1
-        del _generators["cuda"]  # made again, from (seed, stream), at its next use
+        _generators["cuda"].seed(_gpu_stream_seed())
     return {"seed": _seed, "cpu": generator("cpu").bit_generator.state, "gpu_stream": _gpu_stream}
 
 
