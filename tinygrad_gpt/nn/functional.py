@@ -219,7 +219,7 @@ class CrossEntropy(Function):
         if x.dtype == xp.float16:  # mixed precision: a float32 loss, so a scaled loss (x 2**16) cannot overflow
             x = x.astype(xp.float32)
         if gpu_kernels.use(x):  # one CUDA kernel, no host sync
-            self.t, self.ignore_index = t, ignore_index
+            self.t, self.ignore_index, self.rows = t, ignore_index, None
             loss, self.probs = gpu_kernels.softmax_cross_entropy_forward(x, t, ignore_index)
             return loss
         valid = t != ignore_index
@@ -241,7 +241,7 @@ class CrossEntropy(Function):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
         g = self.probs  # reused: the saved softmax is not needed after this
         self.probs = None
-        if gpu_kernels.use(g):
+        if self.rows is None:  # the forward ran the kernel (whatever gpu_kernels.enabled says now)
             return gpu_kernels.softmax_cross_entropy_backward_(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
         g[self.rows, self.t] -= 1
         g *= (self.valid * (gy / max(self.n_valid, 1)))[:, None].astype(g.dtype)
