@@ -117,8 +117,8 @@ def _wrap_around(shape: tuple, key):
     parts = key if isinstance(key, tuple) else (key,)
     if any(p is None or p is Ellipsis or (isinstance(p, np.ndarray) and p.dtype == bool) for p in parts):
         return key
-    wrapped = tuple(p % shape[axis] if isinstance(p, (np.ndarray, list)) and np.asarray(p).dtype.kind in "iu"
-                    and axis < len(shape) and shape[axis] else p for axis, p in enumerate(parts))
+    wrapped = tuple(np.asarray(p) % shape[axis] if isinstance(p, (np.ndarray, list)) and np.asarray(p).dtype.kind
+                    in "iu" and axis < len(shape) and shape[axis] else p for axis, p in enumerate(parts))
     return wrapped if isinstance(key, tuple) else wrapped[0]
 
 

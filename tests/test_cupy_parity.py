@@ -198,3 +198,8 @@ def test_gpu_random_streams_replay_and_survive_a_checkpoint():
     manual_seed(99)
     backend.set_rng_state(state)
     np.testing.assert_array_equal(np.stack([draw(), draw()]), np.stack(after_save))
+
+
+def test_a_list_index_on_the_gpu_gives_numpy_values():
+    x = tensor_on("cuda", np.arange(12.0).reshape(3, 4))
+    np.testing.assert_array_equal(x[[2, 0, -1]].numpy(), np.arange(12.0).reshape(3, 4)[[2, 0, -1]])

@@ -367,12 +367,13 @@ def _check_int_indices_in_range(shape: tuple, index) -> None:
         if p is Ellipsis:
             axis += len(shape) - consumed
         elif p is not None:
-            if (backend.is_array(p) and p.dtype.kind in "iu") or isinstance(p, list):
+            if isinstance(p, list):
+                p = backend.xp_for("cpu").asarray(p)  # a host list: checked on the host, no sync
+            if backend.is_array(p) and p.dtype.kind in "iu" and p.size:
                 size = shape[axis] if axis < len(shape) else 0
-                xp = backend.get_array_module(p) if backend.is_array(p) else backend.xp_for("cpu")
-                p = xp.asarray(p)
-                if p.size and bool(((p < -size) | (p >= size)).any()):
-                    bad = int(p[(p < -size) | (p >= size)].ravel()[0])
+                out_of_range = (p < -size) | (p >= size)
+                if bool(out_of_range.any()):
+                    bad = int(p[out_of_range].ravel()[0])
                     raise IndexError(f"index {bad} is out of range for axis {axis} of size {size} "
                                      f"(on the GPU CuPy would wrap it around silently)")
             axis += p.ndim if mask else 1
