@@ -18,7 +18,7 @@ if not backend.cupy_available():
     pytest.skip("CuPy with an NVIDIA GPU is not available (pip install \"tinygrad_gpt[gpu]\" on a CUDA machine)",
                 allow_module_level=True)
 
-from test_ops_torch import CASES  # noqa: E402  (after the skip: that table is what we run)
+from test_ops_torch import CASES, randn  # noqa: E402  (after the skip: that table is what we run)
 
 from helpers import tensor_on  # noqa: E402
 
@@ -125,24 +125,21 @@ def test_a_cupy_array_made_before_the_library_loaded_cupy_is_on_the_gpu(monkeypa
 
 # ---------------------------------------------------------------- fused functions and a training run
 
-def _randn(*shape, seed=0):
-    return np.random.default_rng(seed + len(shape)).standard_normal(shape)
-
-
 _TARGETS = np.array([[1, 4, 0, 7, -1, 2, 9, 3], [5, -1, 6, 6, 0, 8, 1, 2]])  # -1: ignored
 FUSED = {
-    "linear": (F.linear, [_randn(2, 8, 16), _randn(16, 24, seed=1), _randn(24, seed=2)]),  # weight (in, out)
-    "layer_norm": (F.layer_norm, [_randn(2, 8, 16) * 3 + 1, _randn(16, seed=1), _randn(16, seed=2)]),
-    "gelu": (F.gelu, [_randn(2, 8, 16) * 2]),
-    "cross_entropy": (lambda x, t: F.cross_entropy(x, t), [_randn(2, 8, 10) * 2, _TARGETS]),
-    "embedding": (lambda i, w: F.embedding(i, w), [np.abs(_TARGETS), _randn(10, 16)]),
-    "causal_self_attention": (lambda qkv: F.causal_self_attention(qkv, 4), [_randn(2, 8, 48)]),
+    "linear": (F.linear, [randn(2, 8, 16), randn(16, 24), randn(24)]),  # weight (in, out)
+    "layer_norm": (F.layer_norm, [randn(2, 8, 16) * 3 + 1, randn(16), randn(16)]),
+    "gelu": (F.gelu, [randn(2, 8, 16) * 2]),
+    "cross_entropy": (lambda x, t: F.cross_entropy(x, t), [randn(2, 8, 10) * 2, _TARGETS]),
+    "embedding": (lambda i, w: F.embedding(i, w), [np.abs(_TARGETS), randn(10, 16)]),
+    "causal_self_attention": (lambda qkv: F.causal_self_attention(qkv, 4), [randn(2, 8, 48)]),
     "scaled_dot_product_attention causal": (
-        F.scaled_dot_product_attention, [_randn(2, 4, 8, 4), _randn(2, 4, 8, 4, seed=1), _randn(2, 4, 8, 4, seed=2)]),
+        F.scaled_dot_product_attention, [randn(2, 4, 8, 4), randn(2, 4, 8, 4), randn(2, 4, 8, 4)]),
     "scaled_dot_product_attention full": (
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
-        [_randn(2, 4, 5, 4), _randn(2, 4, 7, 4, seed=1), _randn(2, 4, 7, 4, seed=2)]),
-    "mse_loss": (F.mse_loss, [_randn(3, 5), _randn(3, 5, seed=1)]),
+        [randn(2, 4, 5, 4), randn(2, 4, 7, 4), randn(2, 4, 7, 4)]),
+    "mse_loss": (F.mse_loss, [randn(3, 5), randn(3, 5)]),
+    "mse_loss host target": (lambda p: F.mse_loss(p, np.linspace(-1, 1, 15).reshape(3, 5)), [randn(3, 5)]),
 }
 
 
@@ -153,11 +150,11 @@ def test_fused_functions_match_numpy(name, dtype, tol):
     _assert_same(run_on("cpu", fn, arrays, dtype=dtype), run_on("cuda", fn, arrays, dtype=dtype), rtol=tol, atol=tol)
 
 
-def _train_tiny_gpt(device: str, dtype, steps: int = 6):
-    """Per-step losses and final weights of a tiny GPT trained with AdamW and clipping on `device`."""
+def _train_tiny_gpt(device: str, dtype, variant: dict, steps: int = 6):
+    """The model, per-step losses and final weights of a tiny GPT trained with AdamW and clipping on `device`."""
     tinygrad_gpt.set_default_dtype(dtype)
     manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0, **variant))
     model.to(device)
     optimizer = AdamW(model.param_groups(0.1), lr=3e-3)
     x, y = np.random.default_rng(0).integers(0, 13, (2, 4, 8))  # one batch, learned by heart
@@ -169,17 +166,25 @@ def _train_tiny_gpt(device: str, dtype, steps: int = 6):
         clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-    return losses, {name: backend.to_numpy(v) for name, v in model.state_dict().items()}
+    return model, losses, {name: backend.to_numpy(v) for name, v in model.state_dict().items()}
 
 
+# GPT-2's layout, and one without biases (LayerNorm shifts by zeros) and with a sinusoidal position buffer
+VARIANTS = {"gpt2": {}, "no bias, sinusoidal": {"bias": False, "pos_encoding": "sinusoidal"}}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
-def test_a_tiny_gpt_trains_the_same_on_both_devices(dtype, tol):
-    cpu_losses, cpu_weights = _train_tiny_gpt("cpu", dtype)
-    gpu_losses, gpu_weights = _train_tiny_gpt("cuda", dtype)
+def test_a_tiny_gpt_trains_the_same_on_both_devices(dtype, tol, variant):
+    _, cpu_losses, cpu_weights = _train_tiny_gpt("cpu", dtype, VARIANTS[variant])
+    gpu_model, gpu_losses, gpu_weights = _train_tiny_gpt("cuda", dtype, VARIANTS[variant])
     np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=tol)
     assert cpu_losses[-1] < cpu_losses[0]  # it did train
     for name, value in cpu_weights.items():
         np.testing.assert_allclose(gpu_weights[name], value, rtol=tol, atol=tol, err_msg=name)
+    gpu_model.to("cpu")  # parameters, their gradients and buffers all come along
+    assert {p.device for p in gpu_model.parameters()} == {p.grad.device for p in gpu_model.parameters()} == {"cpu"}
+    assert {t.device for _, _, t in gpu_model._buffers()} <= {"cpu"}
 
 
 def test_gpu_random_streams_replay_and_survive_a_checkpoint():
