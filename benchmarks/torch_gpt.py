@@ -1,27 +1,34 @@
-"""The PyTorch reference GPT for the benchmarks: nanoGPT's model and optimizer, GPT-2's layout.
+"""The one PyTorch reference GPT, shared by the benchmarks and the tests: nanoGPT's model, GPT-2's layout.
 
-Same architecture as tinygrad_gpt's GPT: token + position embeddings, pre-LayerNorm blocks with one
-fused qkv projection and causal attention, a 4x GELU (tanh approximation, GPT-2's) MLP, final LayerNorm,
-LM head tied to the token embedding, GPT-2 initialisation. Linear weights keep torch's (out, in) layout;
-`load_gpt2_state_dict` transposes tinygrad_gpt's (in, out) weights when copying them in. The optimizer
-is nanoGPT's `configure_optimizers`: AdamW with every 2-D tensor decayed and the rest not, fused on CUDA.
+Same architecture as tinygrad_gpt's GPT, with the same choices (`TorchGPTConfig` mirrors `GPTConfig`):
+token + position embeddings (learned `wpe` or a fixed sinusoidal table), blocks with one fused qkv
+projection and causal attention, a 4x MLP (GELU with the tanh approximation, or ReLU), LayerNorms before
+each sublayer plus `ln_f` (GPT-2, "pre") or after each residual add (GPT-1, "post"), an LM head tied to
+the token embedding or its own, biases or none, GPT-2 initialisation, dropout. Linear weights keep
+torch's (out, in) layout; `load_gpt2_state_dict` / `gpt2_arrays` convert from / to tinygrad_gpt's
+(in, out). The optimizer is nanoGPT's `configure_optimizers`: AdamW with every 2-D tensor decayed and
+the rest not, fused on CUDA. `generate_greedy` extends sequences without a KV cache (the plain reference).
+
+The benchmarks import it as `torch_gpt` (their folder is on sys.path when a script runs); tests/conftest.py
+puts this folder on sys.path too. It never imports tinygrad_gpt, so a torch worker stays torch-only.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# parameters whose layout differs: torch's (out, in) against tinygrad_gpt's (in, out)
+LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight", "lm_head.weight")
 
 
 @dataclass
 class TorchGPTConfig:
-    """Sizes of the reference GPT (nanoGPT's GPTConfig, plus the attention kernel to use)."""
+    """Sizes and choices of the reference GPT (nanoGPT's GPTConfig + tinygrad_gpt's choices + the attention kernel)."""
 
     vocab_size: int = 65  # Tiny Shakespeare's characters
     block_size: int = 64  # longest context
@@ -30,7 +37,17 @@ class TorchGPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # biases in Linear layers and LayerNorms, as GPT-2
+    activation: str = "gelu"  # 'gelu' (tanh approximation, GPT-2) or 'relu'
+    norm: str = "pre"  # 'pre' (GPT-2, with ln_f) or 'post' (GPT-1, no ln_f)
+    pos_encoding: str = "learned"  # 'learned' wpe (GPT-2) or fixed 'sinusoidal'
+    tie_weights: bool = True  # LM head shares wte's matrix (GPT-2)
     attention: str = "sdpa"  # "sdpa": F.scaled_dot_product_attention (nanoGPT's flash path); "manual": explicit
+
+    @classmethod
+    def from_config(cls, config, **overrides) -> TorchGPTConfig:
+        """The same model as `config` (a tinygrad_gpt GPTConfig, or anything with those attributes)."""
+        shared = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
+        return cls(**{**shared, **overrides})
 
 
 class CausalSelfAttention(nn.Module):
@@ -66,47 +83,66 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The 4x feed-forward block with GPT-2's tanh-approximated GELU."""
+    """The 4x feed-forward block: GELU (GPT-2's tanh approximation) or ReLU."""
 
     def __init__(self, config: TorchGPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU(approximate="tanh")
+        self.act = nn.GELU(approximate="tanh") if config.activation == "gelu" else nn.ReLU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    """A pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """A transformer block; pre-norm: x + attn(ln(x)), then x + mlp(ln(x)); post-norm: ln(x + attn(x)), ..."""
 
     def __init__(self, config: TorchGPTConfig):
         super().__init__()
+        self.pre_norm = config.norm == "pre"
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        if self.pre_norm:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))
+
+
+def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
+    """Fixed position encodings (Vaswani et al.), float64 (P, dim): sin on even channels, cos on odd ones."""
+    position = torch.arange(n_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
 
 
 class TorchGPT(nn.Module):
-    """nanoGPT's GPT with GPT-2's parameter names at the top level (wte, wpe, h.N..., ln_f)."""
+    """nanoGPT's GPT with GPT-2's parameter names at the top level (wte, wpe, h.N..., ln_f, lm_head)."""
 
     def __init__(self, config: TorchGPTConfig):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos_encoding == "learned":
+            self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        else:  # float64 whatever the model's dtype (cast in forward), so a float64 model gets the exact table
+            self.register_buffer("pos_table", sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        if config.norm == "pre":  # post-norm blocks already end in a LayerNorm
+            self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.wte.weight = self.lm_head.weight  # weight tying
+        if config.tie_weights:
+            self.wte.weight = self.lm_head.weight  # named "wte.weight" (registered first)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 n_layer)
             if name.endswith("c_proj.weight"):
@@ -122,19 +158,32 @@ class TorchGPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Args: idx (B, T) int64, targets (B, T) int64 or None. Returns: logits (B, T, V), mean loss or None."""
+        """Args: idx (B, T) int64, targets (B, T) int64 (-1: ignored) or None. Returns: logits (B, T, V), loss."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        if self.config.pos_encoding == "learned":
+            pos = self.wpe(torch.arange(T, dtype=torch.long, device=idx.device))  # (T, C)
+        else:
+            pos = self.pos_table[:T].to(self.wte.weight.dtype)  # (T, C)
+        x = self.drop(self.wte(idx) + pos)  # (B, T, C)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if self.config.norm == "pre":
+            x = self.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, V)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def generate_greedy(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Append the most likely token max_new_tokens times, recomputing the (cropped) context each time (no cache)."""
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size :])  # (B, T, V)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)  # (B, T + 1)
+        return idx
 
     def configure_optimizers(
         self, weight_decay: float, learning_rate: float, betas: tuple, device_type: str, eps: float = 1e-8
@@ -150,14 +199,23 @@ class TorchGPT(nn.Module):
 
     @torch.no_grad()
     def load_gpt2_state_dict(self, state_dict: dict) -> None:
-        """Copy weights in GPT-2's layout (tinygrad_gpt's names, Linear weights (in, out)) into this model."""
+        """Copy every parameter from GPT-2's layout (tinygrad_gpt's names, Linear weights (in, out)) into this model."""
         own = dict(self.named_parameters())
+        if set(state_dict) != set(own):
+            missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+            raise KeyError(f"state dict does not match: missing {missing}, unexpected {unexpected}")
         for name, array in state_dict.items():
-            if name not in own:
-                raise KeyError(f"unexpected parameter {name!r}")
             value = torch.as_tensor(array)
             if name.endswith(LINEAR_WEIGHTS):
                 value = value.t()
             if tuple(value.shape) != tuple(own[name].shape):
                 raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(own[name].shape)}")
             own[name].copy_(value)
+
+    def gpt2_arrays(self, grad: bool = False) -> dict:
+        """Parameters (or, with grad, their gradients) as numpy arrays in GPT-2's layout, tinygrad_gpt's names."""
+        out = {}
+        for name, p in self.named_parameters():
+            value = (p.grad if grad else p).detach().cpu()
+            out[name] = (value.t() if name.endswith(LINEAR_WEIGHTS) else value).numpy()
+        return out

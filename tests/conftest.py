@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,10 @@ if os.environ.get("TINYGRAD_GPT_TEST_FAKE_CUPY") == "1":  # CuPy's CPU stand-in,
     _tests = os.path.dirname(os.path.abspath(__file__))  # and the commands that CLI tests start get it too:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(_tests, "fake_cupy_site"), _tests, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+# benchmarks/ holds the one PyTorch reference GPT (torch_gpt.py) that tests and benchmarks share; the benchmark
+# scripts import it from their own folder, the tests from here (and test_benchmarks imports the harness)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import tinygrad_gpt  # noqa: E402
 from tinygrad_gpt import tensor as _tensor  # noqa: E402

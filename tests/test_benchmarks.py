@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import harness  # benchmarks/harness.py (tests/conftest.py puts benchmarks/ on sys.path)
 import numpy as np
 import pytest
 
@@ -19,9 +20,6 @@ from helpers import requires_torch
 from tinygrad_gpt import backend
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import harness  # noqa: E402
 
 TRAIN_COLUMNS = [
     "framework", "ms/step (median)", "ms/step (min)", "tokens/s", "GFLOP/s", "% of sgemm",
@@ -204,22 +202,15 @@ def test_torch_gpt_matches_ours_on_the_same_weights(float64):
         assert loss.item() == pytest.approx(torch_loss.item(), rel=1e-10)
         loss.backward()
         torch_loss.backward()
-        torch_params = dict(theirs.named_parameters())
+        torch_grads = theirs.gpt2_arrays(grad=True)  # (in, out) layout, our names
         for name, p in ours.named_parameters():
-            g = torch_params[name].grad.numpy()
-            np.testing.assert_allclose(p.grad.numpy(), g.T if name.endswith(torch_gpt_linear()) else g, atol=1e-12)
+            np.testing.assert_allclose(p.grad.numpy(), torch_grads[name], atol=1e-12)
         norm = clip_grad_norm_(ours.parameters(), 0.5)
         assert norm == pytest.approx(torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5).item(), rel=1e-10)
         optimizer.step()
         torch_optimizer.step()
         optimizer.zero_grad()
         torch_optimizer.zero_grad()
+    torch_weights = theirs.gpt2_arrays()
     for name, p in ours.named_parameters():
-        w = torch_params[name].detach().numpy()
-        np.testing.assert_allclose(p.numpy(), w.T if name.endswith(torch_gpt_linear()) else w, atol=1e-12)
-
-
-def torch_gpt_linear() -> tuple:
-    from torch_gpt import LINEAR_WEIGHTS
-
-    return LINEAR_WEIGHTS
+        np.testing.assert_allclose(p.numpy(), torch_weights[name], atol=1e-12)

@@ -9,7 +9,7 @@ import pytest
 
 import tinygrad_gpt
 from helpers import requires_torch
-from tinygrad_gpt import Tensor, gradcheck, nn
+from tinygrad_gpt import Tensor, backend, gradcheck, nn
 from tinygrad_gpt.model import GPT, GPTConfig, KVCache, _Sampler
 from tinygrad_gpt.optim import AdamW
 
@@ -42,66 +42,16 @@ def tokens(shape, vocab=TINY["vocab_size"], seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, vocab, size=shape)
 
 
-# ---------------------------------------------------------------- a reference GPT-2 in PyTorch
+# ---------------------------------------------------------------- the PyTorch reference GPT (benchmarks/torch_gpt.py)
 
 
-def torch_gpt(params: dict, config: GPTConfig, idx, targets=None):
-    """GPT-2 (or a variant) written directly in PyTorch, from `params` named as ours (weights (in, out))."""
-    import torch
-    import torch.nn.functional as TF
+def torch_reference(model: GPT):
+    """The shared PyTorch reference GPT, same config, in float64 on a copy of `model`'s weights."""
+    from torch_gpt import TorchGPT, TorchGPTConfig
 
-    def lin(x, name):
-        return x @ params[f"{name}.weight"] + params.get(f"{name}.bias", 0.0)
-
-    def ln(x, name):
-        return TF.layer_norm(x, (x.shape[-1],), params[f"{name}.weight"], params.get(f"{name}.bias"), eps=1e-5)
-
-    def attention(x, name):
-        B, T, C = x.shape
-        nh = config.n_head
-        q, k, v = lin(x, f"{name}.c_attn").split(C, dim=2)
-        q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in (q, k, v))
-        att = q @ k.transpose(-2, -1) / math.sqrt(C // nh)
-        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).tril().logical_not(), float("-inf"))
-        y = att.softmax(dim=-1) @ v
-        return lin(y.transpose(1, 2).reshape(B, T, C), f"{name}.c_proj")
-
-    def mlp(x, name):
-        h = lin(x, f"{name}.c_fc")
-        h = TF.gelu(h, approximate="tanh") if config.activation == "gelu" else TF.relu(h)
-        return lin(h, f"{name}.c_proj")
-
-    idx = torch.as_tensor(idx)
-    T = idx.shape[1]
-    if config.pos_encoding == "learned":
-        pos = params["wpe.weight"][:T]
-    else:
-        position = torch.arange(T, dtype=torch.float64)[:, None]
-        div = torch.exp(torch.arange(0, config.n_embd, 2, dtype=torch.float64) * (-math.log(10000.0) / config.n_embd))
-        pos = torch.zeros(T, config.n_embd, dtype=torch.float64)
-        pos[:, 0::2], pos[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
-    x = params["wte.weight"][idx] + pos
-    for i in range(config.n_layer):
-        b = f"h.{i}"
-        if config.norm == "pre":
-            x = x + attention(ln(x, f"{b}.ln_1"), f"{b}.attn")
-            x = x + mlp(ln(x, f"{b}.ln_2"), f"{b}.mlp")
-        else:
-            x = ln(x + attention(x, f"{b}.attn"), f"{b}.ln_1")
-            x = ln(x + mlp(x, f"{b}.mlp"), f"{b}.ln_2")
-    if config.norm == "pre":
-        x = ln(x, "ln_f")
-    logits = x @ (params["wte.weight"].T if config.tie_weights else params["lm_head.weight"])
-    if targets is None:
-        return logits, None
-    loss = TF.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.as_tensor(targets).reshape(-1), ignore_index=-1)
-    return logits, loss
-
-
-def torch_params(model: GPT) -> dict:
-    import torch
-
-    return {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in model.state_dict().items()}
+    reference = TorchGPT(TorchGPTConfig.from_config(model.config)).double()
+    reference.load_gpt2_state_dict({name: backend.to_numpy(v) for name, v in model.state_dict().items()})
+    return reference
 
 
 def rel_err(ours, ref) -> float:
@@ -112,22 +62,24 @@ def rel_err(ours, ref) -> float:
 @requires_torch
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_loss_and_every_gradient_equal_torch_reference(float64, variant):
+    import torch
+
     model = tiny_gpt(**VARIANTS[variant])
     idx, targets = tokens((3, 7)), tokens((3, 7), seed=1)
     targets[0, :2] = -1  # ignored positions
     logits, loss = model(idx, targets)
     loss.backward()
 
-    params = torch_params(model)
-    ref_logits, ref_loss = torch_gpt(params, model.config, idx, targets)
+    reference = torch_reference(model)
+    ref_logits, ref_loss = reference(torch.as_tensor(idx), torch.as_tensor(targets))
     ref_loss.backward()
     assert logits.dtype == np.float64
     assert rel_err(logits.numpy(), ref_logits.detach().numpy()) < 1e-8
     assert rel_err(loss.item(), ref_loss.item()) < 1e-8
-    named = dict(model.named_parameters())
-    assert named.keys() == params.keys()
+    named, ref_grads = dict(model.named_parameters()), reference.gpt2_arrays(grad=True)
+    assert named.keys() == ref_grads.keys()
     for name, p in named.items():
-        assert rel_err(p.grad.numpy(), params[name].grad.numpy()) < 1e-8, f"gradient of {name}"
+        assert rel_err(p.grad.numpy(), ref_grads[name]) < 1e-8, f"gradient of {name}"
 
 
 @requires_torch
@@ -138,12 +90,7 @@ def test_greedy_generation_equals_torch_reference(float64, variant):
     model = tiny_gpt(**VARIANTS[variant])
     prompt = tokens((2, 3))
     ours = model.generate(prompt, max_new_tokens=9, temperature=0)  # 12 tokens: the context is cropped at 8
-    params = torch_params(model)
-    ref = torch.as_tensor(prompt)
-    with torch.no_grad():
-        for _ in range(9):
-            logits, _ = torch_gpt(params, model.config, ref[:, -model.config.block_size :])
-            ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    ref = torch_reference(model).generate_greedy(torch.as_tensor(prompt), max_new_tokens=9)  # no KV cache
     assert isinstance(ours, np.ndarray) and ours.dtype.kind == "i" and ours.shape == (2, 12)
     np.testing.assert_array_equal(ours, ref.numpy())
 
