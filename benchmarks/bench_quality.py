@@ -14,7 +14,6 @@ subprocess; the data file is read where it lies, never copied.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
@@ -41,17 +40,6 @@ HPARAMS = dict(  # nanoGPT's names and the issue's settings
     weight_decay=0.1, grad_clip=1.0, max_iters=2000, eval_interval=250, eval_iters=20, seed=1337,
     final_eval_iters=200,
 )  # fmt: skip
-
-
-def get_lr(it: int, h: dict) -> float:
-    """nanoGPT's schedule: linear warmup, cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if it < h["warmup_iters"]:
-        return h["learning_rate"] * (it + 1) / (h["warmup_iters"] + 1)
-    if it > h["lr_decay_iters"]:
-        return h["min_lr"]
-    decay_ratio = (it - h["warmup_iters"]) / max(h["lr_decay_iters"] - h["warmup_iters"], 1)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return h["min_lr"] + coeff * (h["learning_rate"] - h["min_lr"])
 
 
 class CharData:
@@ -152,8 +140,8 @@ class TorchRun:
         return sum(losses) / len(losses)
 
 
-def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int) -> dict:
-    """nanoGPT's loop (evaluate every eval_interval and at the end; clip; AdamW with the cosine schedule)."""
+def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int, lrs: list) -> dict:
+    """nanoGPT's loop (evaluate every eval_interval and at the end; clip; AdamW at the rates `lrs`, one per iter)."""
     t_start = time.perf_counter()
     data = CharData(data_path, cfg["block_size"], cfg["batch_size"], h["seed"])
     cfg = {**cfg, "vocab_size": data.vocab_size}
@@ -162,7 +150,6 @@ def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int) -> d
     evals, step_times = [], []
     t_loop = time.perf_counter()
     for it in range(h["max_iters"] + 1):
-        lr = get_lr(it, h)
         if it % h["eval_interval"] == 0 or it == h["max_iters"]:
             losses = {s: run.eval_loss([data.batch(s) for _ in range(h["eval_iters"])]) for s in ("train", "val")}
             evals.append({"iter": it, **losses})
@@ -172,7 +159,7 @@ def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int) -> d
             break
         x, y = data.batch("train")
         t0 = time.perf_counter()
-        run.train_step(x, y, lr, h["grad_clip"])
+        run.train_step(x, y, lrs[it], h["grad_clip"])
         step_times.append(time.perf_counter() - t0)
     t_end = time.perf_counter()
     # outside the timed loop: the final model once more on many batches, for a low-noise figure
@@ -196,6 +183,17 @@ def train(framework: str, data_path: str, cfg: dict, h: dict, threads: int) -> d
 # ---------------------------------------------------------------- parent
 
 
+def learning_rates(h: dict) -> list[float]:
+    """Each iteration's rate from tinygrad_gpt.optim.cosine_lr (nanoGPT's schedule), the same for both frameworks.
+
+    Computed here in the parent and sent to the workers, so the torch worker never imports tinygrad_gpt.
+    """
+    from tinygrad_gpt.optim import cosine_lr
+
+    args = (h["learning_rate"], h["warmup_iters"], h["lr_decay_iters"], h["min_lr"])
+    return [cosine_lr(it, *args) for it in range(h["max_iters"])]
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -211,6 +209,8 @@ def parse_args(argv=None):
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     if not args.frameworks or not set(args.frameworks) <= set(FRAMEWORKS):
         parser.error(f"--frameworks must name some of {', '.join(FRAMEWORKS)}")
+    if not 0 <= args.warmup_iters <= args.lr_decay_iters:
+        parser.error("need 0 <= --warmup_iters <= --lr_decay_iters")
     if not Path(args.data).is_file():
         parser.error(f"--data {args.data}: no such file")
     args.threads = args.threads or os.cpu_count()
@@ -224,13 +224,16 @@ def main(argv=None) -> None:
         return
     cfg = resolve_config(args)
     h = {key: getattr(args, key) for key in HPARAMS}
+    lrs = learning_rates(h)
     results = {}
     for fw in args.frameworks:  # one after the other: each gets the machine to itself
         t0 = time.perf_counter()
         with Worker(
             fw, [str(HERE / "bench_quality.py"), "--worker", "--data", args.data], thread_env(args.threads)
         ) as w:
-            results[fw] = w.call("train", framework=fw, data_path=args.data, cfg=cfg, h=h, threads=args.threads)
+            results[fw] = w.call(
+                "train", framework=fw, data_path=args.data, cfg=cfg, h=h, threads=args.threads, lrs=lrs
+            )
         results[fw]["process_s"] = time.perf_counter() - t0
     tokens = cfg["batch_size"] * cfg["block_size"]
     columns = ["framework", "final val loss", f"final val loss ({h['final_eval_iters']} batches)",
