@@ -92,7 +92,7 @@ run_section() {  # name cap_s log_file command...: run it under a time cap, reco
 # ---------------------------------------------------------------- the machine
 
 {
-    echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') on $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "# gpu_check $(date -u '+%Y-%m-%d %H:%M UTC') on $(uname -n), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "# mode: $( ((fake)) && echo 'CPU stand-in (TINYGRAD_GPT_TEST_FAKE_CUPY=1), smoke sizes' || { ((smoke)) && echo 'GPU, smoke sizes' || echo 'GPU'; })"
     command -v nvidia-smi >/dev/null &&
         nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/# gpu: /'
