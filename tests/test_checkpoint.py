@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import checkpoint_crash
 import numpy as np
 import pytest
 
@@ -75,17 +76,15 @@ def test_saving_replaces_the_old_checkpoint_and_leaves_no_temporaries(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt_latest").iterdir()) == ["meta.json", "model.safetensors"]
 
 
-@pytest.mark.parametrize("fail_at", ["write", "swap"])
+@pytest.mark.parametrize("fail_at", checkpoint_crash.STAGES)
 def test_a_crash_mid_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, fail_at):
-    """Simulate a crash by raising from the test hook at each stage; the old checkpoint must still load."""
+    """Simulate a crash by raising at each risky stage of a save; the old checkpoint must still load."""
     _save(tmp_path / "ckpt_latest", 1.0)
 
-    def crash(stage):
-        if stage == fail_at:
-            raise SystemExit("killed")
+    def crash():
+        raise SystemExit("killed")
 
-    monkeypatch.setattr(checkpoint, "_test_pause", crash)
-    monkeypatch.setenv(checkpoint._PAUSE_ENV, f"{fail_at}:0")
+    checkpoint_crash.interrupt_save(fail_at, crash, monkeypatch.setattr)
     with pytest.raises(SystemExit):
         _save(tmp_path / "ckpt_latest", 2.0)
     assert find_checkpoint(tmp_path) == tmp_path / "ckpt_latest"
@@ -236,3 +235,8 @@ def test_a_checkpoint_of_the_first_format_resumes_samples_and_evaluates_as_befor
         assert [r.get("loss_scale") for r in records if "loss" in r] == [expected["loss_scale"]] * 3
     meta = load_checkpoint(tmp_path / "out" / "ckpt_latest").meta
     assert meta["iter_num"] == 9 and meta["train_config"]["dtype"] == dtype
+    with open(os.path.join(FIXTURES, dtype, "meta.json")) as f:
+        old = json.load(f)
+    assert list(meta) == list(old)  # the same layout, key for key and in order
+    for key in ("train_config", "model_config", "rng_state", "sampler_states"):
+        assert list(meta[key]) == list(old[key]), key
