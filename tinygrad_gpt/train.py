@@ -2,11 +2,14 @@
 
 With no arguments it trains a small GPT on Python's own documentation (`pydoc_data.topics`, part of
 every Python install), so it works offline on a fresh machine. The flags carry nanoGPT's names and
-meanings; `--help` lists them. The loop below is nanoGPT's train.py, kept in one readable piece:
+meanings; `--help` lists them. They are the fields of TrainConfig (train_config.py), which `main`
+builds once and passes on. The loop below is nanoGPT's train.py, kept in one readable piece:
 
     every eval_interval: estimate train/val loss, save out_dir/ckpt_latest (and ckpt_best when val improves)
-    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step
+    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step (`train_step`)
     every log_interval:  a line in out_dir/metrics.jsonl
+
+float32 and float16 (`--dtype`) differ only in the `Precision` object the step calls (amp.py).
 
 `--init_from resume` continues the run in out_dir exactly (same losses, bit for bit on NumPy): the
 checkpoint holds the weights, the optimizer's moments, and the states of the batch samplers and of
