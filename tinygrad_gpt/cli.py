@@ -92,11 +92,14 @@ def build_config(config_cls, values: dict):
         raise UsageError(f"{config_cls.__name__}: unknown setting(s) {', '.join(unknown)}")
     own, sections = {}, {}
     for name, value in values.items():
-        section_name = flags[name].section
-        (sections.setdefault(section_name, {}) if section_name else own)[name] = value
-    for f in dataclasses.fields(config_cls):
-        if f.name in sections:
-            own[f.name] = dataclasses.replace(f.default_factory(), **sections[f.name])
+        section = flags[name].section
+        if section is None:
+            own[name] = value
+        else:
+            sections.setdefault(section, {})[name] = value
+    factories = {f.name: f.default_factory for f in dataclasses.fields(config_cls)}
+    for section, section_values in sections.items():
+        own[section] = dataclasses.replace(factories[section](), **section_values)
     return config_cls(**own)
 
 
