@@ -1,4 +1,4 @@
-"""float16 mixed precision: GradScaler's rules, MasterWeights, float16 cross-entropy and `--dtype float16` runs.
+"""float16 mixed precision: GradScaler's rules, MasterWeights, Precision, float16 cross-entropy, `--dtype float16` runs.
 
 NumPy computes float16 slowly on the CPU, so every model here is tiny. The CuPy path (where float16
 is the point) is exercised by the same code but is not tested here without a GPU.
@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import Tensor, backend, sample, train
-from tinygrad_gpt.amp import GradScaler, MasterWeights
+from tinygrad_gpt.amp import GradScaler, MasterWeights, MixedPrecision, Precision, make_precision
 from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.nn import functional as F
-from tinygrad_gpt.optim import AdamW
+from tinygrad_gpt.optim import AdamW, clip_grad_norm_
 
 TINY = "--n_layer 1 --n_head 2 --n_embd 16 --block_size 8 --batch_size 4 --eval_iters 2 --log_interval 1"
 TINY += " --max_new_tokens 20 --plot false --eval_interval 5"
@@ -153,6 +153,81 @@ def test_a_step_with_an_inf_gradient_is_skipped_and_the_scale_halves():
     assert optimizer.state_dict()["state"][3]["step"] == optim_state["state"][3]["step"] == 1
     assert step(model, masters, optimizer, scaler)  # and training goes on
     assert scaler.growth_tracker == 1
+
+
+# ---------------------------------------------------------------- Precision: one loop for both
+
+
+def precision_steps(dtype: str, n: int = 3, max_norm: float = 0.05):
+    """n steps of the loop train.py runs, written once against Precision; returns (model, precision, losses)."""
+    model = tiny_gpt()
+    groups = model.param_groups(0.1)
+    precision = make_precision(dtype, model)
+    optimizer = AdamW(precision.param_groups(groups), lr=1e-2)
+    losses = []
+    for _ in range(n):
+        _, loss = model(*batch())
+        precision.zero_grad(optimizer)
+        precision.scale_loss(loss).backward()
+        assert precision.step(optimizer, max_norm)
+        losses.append(loss.item())
+    return model, precision, losses
+
+
+def test_precision_float32_is_the_plain_loop():
+    model = tiny_gpt()
+    optimizer = AdamW(model.param_groups(0.1), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        _, loss = model(*batch())
+        optimizer.zero_grad()
+        loss.backward()
+        clip_grad_norm_(model.parameters(), 0.05)
+        optimizer.step()
+        losses.append(loss.item())
+    same_model, precision, same_losses = precision_steps("float32")
+    assert type(precision) is Precision and same_losses == losses
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(precision.weights()[name], value)
+    assert precision.state_dict() == {} and precision.metrics() == {}
+
+
+def test_precision_float16_is_the_mixed_precision_step():
+    model = tiny_gpt()
+    masters = MasterWeights(model)
+    optimizer, scaler = AdamW(masters.param_groups(model.param_groups(0.1)), lr=1e-2), GradScaler()
+    losses = []
+    for _ in range(3):
+        _, loss = model(*batch())
+        optimizer.zero_grad()
+        model.zero_grad()
+        scaler.scale(loss).backward()
+        assert scaler.unscale_and_check(masters)
+        clip_grad_norm_(masters.params, 0.05)
+        assert scaler.step(optimizer, masters)
+        scaler.update()
+        losses.append(loss.item())
+    same_model, precision, same_losses = precision_steps("float16")
+    assert isinstance(precision, MixedPrecision) and same_losses == losses
+    assert {p.dtype for p in same_model.parameters()} == {np.dtype(np.float16)}
+    for name, value in masters.state_dict().items():
+        assert precision.weights()[name].dtype == np.float32  # what a checkpoint keeps
+        np.testing.assert_array_equal(precision.weights()[name], value)
+    assert precision.metrics() == {"loss_scale": 2.0**16}
+
+
+def test_precision_state_round_trips_through_a_checkpoints_meta():
+    _, precision, _ = precision_steps("float16")
+    meta = {"iter_num": 3, **precision.state_dict()}  # how train.py saves it
+    assert meta["grad_scaler"]["growth_tracker"] == 3
+    fresh = make_precision("float16", tiny_gpt())
+    fresh.load_state_dict(meta)
+    assert fresh.state_dict() == precision.state_dict()
+    fresh.load_state_dict({"iter_num": 3})  # a float32 checkpoint: the scale stays as it is
+    assert fresh.scaler.growth_tracker == 3
+    make_precision("float32", tiny_gpt()).load_state_dict(meta)  # float32 ignores the scale
+    with pytest.raises(ValueError, match="bfloat16"):
+        make_precision("bfloat16", tiny_gpt())
 
 
 def test_float16_cross_entropy_matches_float32_and_gives_a_float16_gradient():

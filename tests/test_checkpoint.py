@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import checkpoint_crash
 import numpy as np
 import pytest
 
@@ -75,17 +76,15 @@ def test_saving_replaces_the_old_checkpoint_and_leaves_no_temporaries(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt_latest").iterdir()) == ["meta.json", "model.safetensors"]
 
 
-@pytest.mark.parametrize("fail_at", ["write", "swap"])
+@pytest.mark.parametrize("fail_at", checkpoint_crash.STAGES)
 def test_a_crash_mid_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, fail_at):
-    """Simulate a crash by raising from the test hook at each stage; the old checkpoint must still load."""
+    """Simulate a crash by raising at each risky stage of a save; the old checkpoint must still load."""
     _save(tmp_path / "ckpt_latest", 1.0)
 
-    def crash(stage):
-        if stage == fail_at:
-            raise SystemExit("killed")
+    def crash():
+        raise SystemExit("killed")
 
-    monkeypatch.setattr(checkpoint, "_test_pause", crash)
-    monkeypatch.setenv(checkpoint._PAUSE_ENV, f"{fail_at}:0")
+    checkpoint_crash.interrupt_save(fail_at, crash, monkeypatch.setattr)
     with pytest.raises(SystemExit):
         _save(tmp_path / "ckpt_latest", 2.0)
     assert find_checkpoint(tmp_path) == tmp_path / "ckpt_latest"
@@ -185,3 +184,59 @@ def test_a_checkpoint_of_gpu_arrays_holds_host_data_and_loads_on_the_cpu(tmp_pat
     for name, value in model.state_dict().items():
         np.testing.assert_array_equal(cpu_model.state_dict()[name], backend.to_numpy(value))
         assert backend.device_of(cpu_model.state_dict()[name]) == "cpu"
+
+
+# ---------------------------------------------------------------- checkpoints written by earlier versions
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoint_v1")
+# What the code that wrote tests/fixtures/checkpoint_v1 printed and logged (commit fdb5266) for:
+#   train --init_from resume --max_iters 9 (from iteration 6), train --eval_only, and
+#   sample --checkpoint latest --prompt "ab " --max_new_tokens 16 --temperature 1 --seed 3.
+# The fixtures are ckpt_latest of `train --data corpus.txt --max_iters 6 --eval_interval 6 --eval_iters 1
+#   --n_layer 1 --n_head 1 --n_embd 2 --block_size 4 --batch_size 2 --log_interval 1 --dropout 0.1
+#   --warmup_iters 1 --bias false --learning_rate 0.1 --dtype float32|float16`.
+V1_EXPECTED = {
+    "float32": dict(
+        resumed=[(7, 1.399913), (8, 1.398271), (9, 1.397634), (9, 1.400308, 1.422505)], loss_scale=None,
+        eval_only="iter 6: train loss 1.4352, val loss 1.4683", sample="ab \n\nba\n  \na\n   aab\n",
+    ),
+    "float16": dict(
+        resumed=[(7, 1.395057), (8, 1.453616), (9, 1.42344), (9, 1.3929, 1.385812)], loss_scale=16384.0,
+        eval_only="iter 6: train loss 1.3951, val loss 1.3828", sample="ab \n ba\n a\na\n a aab\n",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_checkpoint_of_the_first_format_resumes_samples_and_evaluates_as_before(tmp_path, dtype, capsys):
+    import json
+    import shutil
+
+    from tinygrad_gpt import backend, sample, train
+
+    expected = V1_EXPECTED[dtype]
+    shutil.copytree(os.path.join(FIXTURES, dtype), tmp_path / "out" / "ckpt_latest")
+    shutil.copy(os.path.join(FIXTURES, "corpus.txt"), tmp_path / "corpus.txt")
+    common = ["--out_dir", str(tmp_path / "out"), "--data", str(tmp_path / "corpus.txt")]
+    assert train.main(["--init_from", "resume", *common, "--eval_only"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == expected["eval_only"]
+    argv = ["--out_dir", str(tmp_path / "out"), "--checkpoint", "latest", "--prompt", "ab ", "--max_new_tokens", "16",
+            "--temperature", "1", "--seed", "3"]  # fmt: skip
+    assert sample.main(argv) == 0
+    assert capsys.readouterr().out == expected["sample"] + sample.SEPARATOR + "\n"
+
+    assert train.main(["--init_from", "resume", *common, "--max_iters", "9"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    got = [(r["iter"], r["loss"]) if "loss" in r else (r["iter"], r["train_loss"], r["val_loss"]) for r in records]
+    assert [r[0] for r in got] == [r[0] for r in expected["resumed"]]
+    if backend.DEFAULT_DEVICE == "cpu":  # dropout on a GPU draws from cuRAND, not the CPU generator of the fixture
+        np.testing.assert_allclose([r[1:] for r in got[:-1]], [r[1:] for r in expected["resumed"][:-1]], rtol=1e-4)
+        np.testing.assert_allclose(got[-1][1:], expected["resumed"][-1][1:], rtol=1e-4)
+        assert [r.get("loss_scale") for r in records if "loss" in r] == [expected["loss_scale"]] * 3
+    meta = load_checkpoint(tmp_path / "out" / "ckpt_latest").meta
+    assert meta["iter_num"] == 9 and meta["train_config"]["dtype"] == dtype
+    with open(os.path.join(FIXTURES, dtype, "meta.json")) as f:
+        old = json.load(f)
+    assert list(meta) == list(old)  # the same layout, key for key and in order
+    for key in ("train_config", "model_config", "rng_state", "sampler_states"):
+        assert list(meta[key]) == list(old[key]), key

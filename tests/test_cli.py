@@ -7,6 +7,7 @@ bad-input cases call `main(argv)` in-process, which returns the same exit status
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,10 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+import checkpoint_crash
 import numpy as np
 import pytest
 
-from tinygrad_gpt import backend, data, sample, train
+from tinygrad_gpt import backend, data, sample, train, train_config
 from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
 
 TINY = "--n_layer 1 --n_head 2 --n_embd 16 --block_size 8 --batch_size 4 --eval_iters 2 --log_interval 1"
@@ -42,10 +44,11 @@ def run(module: str, args, cwd: Path, input: str | None = None, env: dict | None
     )  # fmt: skip
 
 
-def start(module: str, args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+def start(module: str, args: str, cwd: Path, env: dict | None = None, command: list | None = None) -> subprocess.Popen:
+    """Start `python -m tinygrad_gpt.<module> args` (or `command args`) in cwd; stdout and stderr are pipes."""
     full_env = {**os.environ, "TINYGRAD_GPT_CACHE": str(cwd / "cache"), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", f"tinygrad_gpt.{module}", *args.split()],
+        [*(command or [sys.executable, "-m", f"tinygrad_gpt.{module}"]), *args.split()],
         cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -272,14 +275,14 @@ def _wait_for_line(stream, marker: str, timeout: float) -> bool:
             return False
 
 
-@pytest.mark.parametrize("stage", ["write", "swap"])
+@pytest.mark.parametrize("stage", checkpoint_crash.STAGES)
 def test_kill_9_during_a_checkpoint_write_keeps_the_last_good_checkpoint(tmp_path, stage):
     (tmp_path / "corpus.txt").write_text(CORPUS)
     assert (
         train.main(f"--data {tmp_path / 'corpus.txt'} {TINY} --out_dir {tmp_path / 'out'} --max_iters 5".split()) == 0
     )
-    proc = start("train", "--init_from resume --out_dir out --max_iters 10", tmp_path,
-                 env={"TINYGRAD_GPT_TEST_CKPT_PAUSE": f"{stage}:60"})  # fmt: skip
+    pausing_train = [sys.executable, checkpoint_crash.__file__, stage]  # train, pausing in the save at `stage`
+    proc = start("train", "--init_from resume --out_dir out --max_iters 10", tmp_path, command=pausing_train)
     assert _wait_for_line(proc.stderr, f"checkpoint: pausing at {stage}", timeout=60)
     proc.kill()  # SIGKILL in the middle of writing iteration 10's checkpoint
     proc.wait()
@@ -476,4 +479,24 @@ def test_the_default_command_runs_with_iterations_cut_short(tmp_path):
     )
     meta = load_checkpoint(tmp_path / "out" / "ckpt_best").meta
     assert (meta["model_config"]["n_layer"], meta["model_config"]["n_embd"]) == (4, 128)
-    assert meta["train_config"]["max_iters"] == 2 and train.DEFAULT_MAX_ITERS > 2
+    assert meta["train_config"]["max_iters"] == 2 and train_config.DEFAULT_MAX_ITERS > 2
+
+
+# ---------------------------------------------------------------- flags generated from the config dataclasses
+
+
+def test_model_flags_are_gptconfigs_fields_and_round_trip():
+    from tinygrad_gpt.cli import build_config, flags_of, flatten_config
+    from tinygrad_gpt.model import GPTConfig
+    from tinygrad_gpt.train_config import TrainConfig
+
+    flags = {flag.name: flag for flag in flags_of(TrainConfig)}
+    model_fields = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
+    assert [name for name, flag in flags.items() if flag.section == "model"] == model_fields
+    assert flags["activation"].choices == ("gelu", "relu") and flags["n_layer"].default == 4
+    config = build_config(TrainConfig, {"n_layer": 2, "activation": "relu", "batch_size": 3})
+    model = config.model
+    assert (model.n_layer, model.activation, model.n_embd, config.batch_size) == (2, "relu", 128, 3)
+    assert build_config(TrainConfig, flatten_config(config)) == config
+    with pytest.raises(ValueError, match="not divisible"):  # GPTConfig's own checks apply to the flags
+        build_config(TrainConfig, {"n_embd": 30, "n_head": 4})

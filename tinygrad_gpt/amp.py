@@ -19,11 +19,20 @@ One training step:
         clip_grad_norm_(masters.params, 1.0)
     scaler.step(optimizer, masters)              # skipped on inf/NaN; else step, copy into the model
     scaler.update()                              # halve the scale on inf/NaN, double after 2000 clean steps
+
+`Precision` puts both ways of training behind one interface, so a training loop reads the same for
+float32 and float16 (`make_precision(dtype, model)` picks one):
+
+    optimizer = AdamW(precision.param_groups(model.param_groups(0.1)), lr=1e-3)
+    precision.zero_grad(optimizer)
+    precision.scale_loss(loss).backward()        # float32: the loss itself; float16: loss * scale
+    precision.step(optimizer, max_norm=1.0)      # unscale and check, clip, step (skipped on inf/NaN), update
 """
 
 from __future__ import annotations
 
 from tinygrad_gpt import backend
+from tinygrad_gpt.optim import clip_grad_norm_
 from tinygrad_gpt.tensor import Tensor
 
 MASTER_DTYPE = "float32"
@@ -162,3 +171,109 @@ class GradScaler:
                 f"GradScaler.load_state_dict: growth_tracker {tracker} is outside [0, {restored.growth_interval})"
             )
         self.__dict__.update(restored.__dict__, growth_tracker=tracker)
+
+
+# ---------------------------------------------------------------- one interface for both precisions
+
+
+class Precision:
+    """float32 training: backward of the loss itself, then clip and step the model's own parameters.
+
+    The base of MixedPrecision, whose methods have the same meaning; a loop written against this
+    interface reads the same for both (see the module docstring).
+    """
+
+    dtype = "float32"
+
+    def __init__(self, model):
+        self.model = model
+        self.params = list(model.parameters())  # what the optimizer updates and clipping measures
+
+    def param_groups(self, groups: list[dict]) -> list[dict]:
+        """The optimizer groups to give AdamW, from the model's (e.g. GPT.param_groups(wd))."""
+        return groups
+
+    def zero_grad(self, optimizer) -> None:
+        """Clear every gradient a step accumulates (call before the backward passes of a step)."""
+        optimizer.zero_grad()
+
+    def scale_loss(self, loss: Tensor) -> Tensor:
+        """What to call backward on: the loss itself here; several backward passes may accumulate."""
+        return loss
+
+    def step(self, optimizer, max_norm: float = 0.0) -> bool:
+        """Clip the gradients' total norm to max_norm (0: no clipping) and step the optimizer.
+
+        Returns:
+            Whether the step was taken (always here; False in float16 when a gradient is inf/NaN).
+        """
+        if max_norm > 0:
+            clip_grad_norm_(self.params, max_norm)
+        optimizer.step()
+        return True
+
+    def weights(self) -> dict:
+        """The float32 weights a checkpoint keeps, by parameter name (the model's state_dict here)."""
+        return self.model.state_dict()
+
+    def state_dict(self) -> dict:
+        """What a resume needs besides weights and optimizer, as JSON-friendly entries of a checkpoint's meta."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore from a dict holding state_dict()'s entries (e.g. a checkpoint's meta; other keys are ignored)."""
+
+    def metrics(self) -> dict:
+        """Numbers worth logging with each step's loss (none here)."""
+        return {}
+
+
+class MixedPrecision(Precision):
+    """float16 training: float32 MasterWeights that the optimizer updates, and a GradScaler."""
+
+    def __init__(self, model, dtype: str = "float16", scaler: GradScaler | None = None):
+        """Keep float32 masters of the model's parameters, then cast the model to `dtype`."""
+        self.model, self.dtype = model, dtype
+        self.masters = MasterWeights(model, dtype=dtype)
+        self.scaler = scaler if scaler is not None else GradScaler()
+        self.params = self.masters.params
+
+    def param_groups(self, groups: list[dict]) -> list[dict]:
+        return self.masters.param_groups(groups)
+
+    def zero_grad(self, optimizer) -> None:
+        optimizer.zero_grad()  # the masters' gradients
+        self.model.zero_grad()  # the float16 model's, which backward accumulates into
+
+    def scale_loss(self, loss: Tensor) -> Tensor:
+        return self.scaler.scale(loss)
+
+    def step(self, optimizer, max_norm: float = 0.0) -> bool:
+        """Unscale into the masters, clip and step unless a gradient is inf/NaN, then update the scale."""
+        if self.scaler.unscale_and_check(self.masters) and max_norm > 0:
+            clip_grad_norm_(self.params, max_norm)
+        stepped = self.scaler.step(optimizer, self.masters)
+        self.scaler.update()
+        return stepped
+
+    def weights(self) -> dict:
+        return self.masters.state_dict()
+
+    def state_dict(self) -> dict:
+        return {"grad_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "grad_scaler" in state:  # a float32 checkpoint has none: the scale starts afresh
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+    def metrics(self) -> dict:
+        return {"loss_scale": self.scaler.scale_value}
+
+
+def make_precision(dtype: str, model) -> Precision:
+    """Precision for 'float32' (the model as it is), MixedPrecision for 'float16' (casts the model)."""
+    if dtype == "float32":
+        return Precision(model)
+    if dtype == "float16":
+        return MixedPrecision(model, dtype)
+    raise ValueError(f"make_precision: dtype must be 'float32' or 'float16', got {dtype!r}")

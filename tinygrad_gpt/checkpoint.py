@@ -18,9 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,6 @@ from tinygrad_gpt import backend, safetensors
 FORMAT = "tinygrad_gpt-checkpoint"
 VERSION = 1
 CHECKPOINT_NAMES = ("ckpt_best", "ckpt_latest")  # what `find_checkpoint` looks for, in this order
-_PAUSE_ENV = "TINYGRAD_GPT_TEST_CKPT_PAUSE"  # "write:SECONDS" or "swap:SECONDS"; only for the crash tests
 
 
 class CheckpointError(ValueError):
@@ -63,16 +60,17 @@ def fsync_dir(path) -> None:
         os.close(fd)
 
 
-def _write_synced(path, data: bytes, pause_midway: bool = False) -> None:
+def _write_synced(path, data: bytes) -> None:
     with open(path, "wb") as f:
-        if pause_midway:  # leave a half-written file behind for the crash test
-            f.write(data[: len(data) // 2])
-            f.flush()
-            _test_pause("write")
-            data = data[len(data) // 2 :]
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _rename(src: Path, dst: Path) -> None:
+    """Rename atomically and make it durable."""
+    os.replace(src, dst)
+    fsync_dir(dst.parent)
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -89,14 +87,6 @@ def atomic_write_bytes(path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def _test_pause(stage: str) -> None:
-    """Sleep at `stage` of a save when the crash tests ask for it, announcing it on stderr."""
-    spec = os.environ.get(_PAUSE_ENV, "")
-    if spec.partition(":")[0] == stage:
-        print(f"checkpoint: pausing at {stage}", file=sys.stderr, flush=True)
-        time.sleep(float(spec.partition(":")[2] or 60))
 
 
 # ---------------------------------------------------------------- nested state <-> flat tensors
@@ -156,8 +146,7 @@ def _recover(ckpt_dir: Path) -> None:
     """After a crash between the two renames of a save, put the old checkpoint back in place."""
     _, old = _siblings(ckpt_dir)
     if not ckpt_dir.exists() and (old / "meta.json").exists():
-        os.replace(old, ckpt_dir)
-        fsync_dir(ckpt_dir.parent)
+        _rename(old, ckpt_dir)
 
 
 def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta: dict) -> Path:
@@ -178,7 +167,7 @@ def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model_bytes = safetensors.serialize(model_state, metadata={"format": "pt"})  # "pt": what transformers expects
-    _write_synced(tmp / "model.safetensors", model_bytes, pause_midway=bool(os.environ.get(_PAUSE_ENV)))
+    _write_synced(tmp / "model.safetensors", model_bytes)
     if optim_state is not None:
         tensors, skeleton = flatten_state(optim_state)
         optim_bytes = safetensors.serialize(tensors, metadata={"state": json.dumps(skeleton)})
@@ -188,11 +177,8 @@ def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta:
     fsync_dir(tmp)
     if ckpt_dir.exists():
         shutil.rmtree(old, ignore_errors=True)
-        os.replace(ckpt_dir, old)
-        fsync_dir(ckpt_dir.parent)
-        _test_pause("swap")
-    os.replace(tmp, ckpt_dir)
-    fsync_dir(ckpt_dir.parent)
+        _rename(ckpt_dir, old)
+    _rename(tmp, ckpt_dir)  # between the two renames only `old` holds a checkpoint: loading finds it there
     shutil.rmtree(old, ignore_errors=True)
     return ckpt_dir
 
@@ -200,6 +186,11 @@ def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta:
 def is_checkpoint(path) -> bool:
     path = Path(path)
     return (path / "meta.json").is_file() or (_siblings(path)[1] / "meta.json").is_file()
+
+
+def has_checkpoint(out_dir) -> bool:
+    """Whether out_dir holds a checkpoint (ckpt_latest or ckpt_best) that a new run would replace."""
+    return any(is_checkpoint(Path(out_dir) / name) for name in CHECKPOINT_NAMES)
 
 
 def find_checkpoint(path, prefer: tuple = CHECKPOINT_NAMES) -> Path:

@@ -1,9 +1,15 @@
 """Command-line flags generated from a config dataclass (nanoGPT's configurator idea, without `exec`).
 
 Every field of the dataclass becomes a flag `--name` (`--name value` or `--name=value`), typed by the
-field's annotation and documented by its `help` metadata. `--config FILE` reads the same keys from a
-TOML or JSON file; flags given on the command line override it. Unknown flags, unknown keys and
-ill-typed values are one line on stderr and exit status 2.
+field's annotation and documented by its `help` metadata. A field declared with `section(...)` holds
+another dataclass (TrainConfig's `model: GPTConfig`): each of that one's fields becomes a flag too, so
+the flags stay flat (`--n_layer`, not `--model.n_layer`) and are written once, where the field is.
+`--config FILE` reads the same keys from a TOML or JSON file; flags given on the command line override
+it. Unknown flags, unknown keys and ill-typed values are one line on stderr and exit status 2.
+
+    values, given = parse_args(TrainConfig, argv, prog, description)  # flat: flag name -> value
+    config = build_config(TrainConfig, values)                         # typed, sections filled in
+    flatten_config(config) == values                                   # and back (e.g. for a checkpoint)
 """
 
 from __future__ import annotations
@@ -26,6 +32,83 @@ class UsageError(Exception):
 def option(default, help: str, choices: tuple | None = None):
     """A dataclass field with a help text (and optional choices) for the generated flag."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def section(default_factory, help: str, skip: tuple = ()):
+    """A dataclass field holding another dataclass whose fields become flags (except those in `skip`).
+
+    Args:
+        default_factory: makes the default instance; its field values are the flags' defaults.
+        help: the title of the flags' group in --help.
+        skip: fields that are not flags (they keep the default instance's value).
+    """
+    return dataclasses.field(default_factory=default_factory, metadata={"help": help, "skip": skip, "section": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One generated flag: a field of the config dataclass, or of one of its sections."""
+
+    name: str
+    base: type  # int, float, bool or str
+    optional: bool  # None allowed (`--name none`)
+    default: object
+    help: str
+    choices: tuple | None
+    section: str | None  # the field of the config that holds it, or None for the config's own fields
+
+
+def flags_of(config_cls) -> list[Flag]:
+    """Every flag of a config dataclass, in field order, sections expanded in place."""
+    flags = []
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if not f.metadata.get("section"):
+            flags.append(_flag(config_cls, f, default, None))
+            continue
+        for sub in dataclasses.fields(default):
+            if sub.name not in f.metadata["skip"]:
+                flags.append(_flag(type(default), sub, getattr(default, sub.name), f.name))
+    names = [flag.name for flag in flags]
+    if len(set(names)) != len(names):
+        raise TypeError(f"{config_cls.__name__}: a flag name occurs twice among {names}")
+    return flags
+
+
+def _flag(owner, f: dataclasses.Field, default, section: str | None) -> Flag:
+    base, optional = _field_type(typing.get_type_hints(owner)[f.name])
+    return Flag(f.name, base, optional, default, f.metadata.get("help", ""), f.metadata.get("choices"), section)
+
+
+def build_config(config_cls, values: dict):
+    """An instance of the config dataclass from flat flag values; missing flags keep their defaults.
+
+    Raises:
+        UsageError: a key that is no flag. The dataclasses' own checks raise what they raise.
+    """
+    flags = {flag.name: flag for flag in flags_of(config_cls)}
+    unknown = sorted(set(values) - set(flags))
+    if unknown:
+        raise UsageError(f"{config_cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+    own, sections = {}, {}
+    for name, value in values.items():
+        section = flags[name].section
+        if section is None:
+            own[name] = value
+        else:
+            sections.setdefault(section, {})[name] = value
+    factories = {f.name: f.default_factory for f in dataclasses.fields(config_cls)}
+    for section, section_values in sections.items():
+        own[section] = dataclasses.replace(factories[section](), **section_values)
+    return config_cls(**own)
+
+
+def flatten_config(config) -> dict:
+    """The flat flag values of a config instance (the inverse of build_config)."""
+    return {
+        flag.name: getattr(getattr(config, flag.section) if flag.section else config, flag.name)
+        for flag in flags_of(type(config))
+    }
 
 
 def one_line(message) -> str:
@@ -93,7 +176,7 @@ def _check_value(key: str, value, base: type, optional: bool, source: str):
 
 
 def build_parser(config_cls, prog: str, description: str, epilog: str | None = None) -> ArgumentParser:
-    """An argparse parser with one `--field` flag per dataclass field, plus `--config FILE`.
+    """An argparse parser with one `--name` flag per flag of the config (see flags_of), plus `--config FILE`.
 
     Flags default to argparse.SUPPRESS, so the parsed namespace holds only the flags given.
     """
@@ -110,18 +193,17 @@ def build_parser(config_cls, prog: str, description: str, epilog: str | None = N
         default=argparse.SUPPRESS,
         help="TOML or JSON file with the same keys; flags override",
     )
-    hints = typing.get_type_hints(config_cls)
-    for f in dataclasses.fields(config_cls):
-        base, optional = _field_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        extra = {"nargs": "?", "const": True} if base is bool else {}  # `--bias` alone means True
-        parser.add_argument(
-            f"--{f.name}",
-            type=_converter(base, optional),
+    groups = {f.name: parser.add_argument_group(f.metadata["help"]) for f in dataclasses.fields(config_cls)
+              if f.metadata.get("section")}  # fmt: skip
+    for flag in flags_of(config_cls):
+        extra = {"nargs": "?", "const": True} if flag.base is bool else {}  # `--bias` alone means True
+        (groups[flag.section] if flag.section else parser).add_argument(
+            f"--{flag.name}",
+            type=_converter(flag.base, flag.optional),
             default=argparse.SUPPRESS,
-            choices=f.metadata.get("choices"),
-            metavar=base.__name__.upper() if not f.metadata.get("choices") else None,
-            help=f"{f.metadata.get('help', '')} (default: {default!r})",
+            choices=flag.choices,
+            metavar=flag.base.__name__.upper() if not flag.choices else None,
+            help=f"{flag.help} (default: {flag.default!r})",
             **extra,
         )
     return parser
@@ -152,15 +234,14 @@ def load_config_file(path: str, config_cls) -> dict:
         raise UsageError(f"config file {path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
         raise UsageError(f"config file {path} must hold a table/object of keys")
-    hints = typing.get_type_hints(config_cls)
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    flags = {flag.name: flag for flag in flags_of(config_cls)}
     for key, value in values.items():
-        if key not in fields:
+        if key not in flags:
             raise UsageError(f"{path}: unknown key {key!r}")
-        values[key] = _check_value(key, value, *_field_type(hints[key]), source=str(path))
-        choices = fields[key].metadata.get("choices")
-        if choices and values[key] not in choices:
-            raise UsageError(f"{path}: {key} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+        flag = flags[key]
+        values[key] = _check_value(key, value, flag.base, flag.optional, source=str(path))
+        if flag.choices and values[key] not in flag.choices:
+            raise UsageError(f"{path}: {key} must be one of {', '.join(map(repr, flag.choices))}, got {value!r}")
     return values
 
 
@@ -168,10 +249,11 @@ def parse_args(config_cls, argv, prog: str, description: str, epilog: str | None
     """Defaults, then the config file, then the flags.
 
     Args:
-        config_cls: the dataclass whose fields are the flags.
+        config_cls: the dataclass whose fields (sections expanded) are the flags.
         argv: the arguments (without the program name); None means sys.argv[1:].
     Returns:
-        (values for every field, the set of keys given in the file or as flags).
+        (flat values of every flag, the set of flags given in the file or on the command line);
+        `build_config(config_cls, values)` makes the typed config.
     Raises:
         SystemExit(2) for unknown flags and ill-typed values (after one line on stderr), SystemExit(0)
         after --help; UsageError for a bad config file.
@@ -180,6 +262,6 @@ def parse_args(config_cls, argv, prog: str, description: str, epilog: str | None
     config_path = namespace.pop("config", None)
     given = load_config_file(config_path, config_cls) if config_path else {}
     given.update(namespace)
-    values = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    values = {flag.name: flag.default for flag in flags_of(config_cls)}
     values.update(given)
     return values, set(given)

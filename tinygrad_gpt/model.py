@@ -11,14 +11,12 @@ References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (R
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 from tinygrad_gpt import backend
 from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU
 from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.tensor import Tensor, is_grad_enabled, no_grad
-
-_CHOICES = {"activation": ("gelu", "relu"), "norm": ("pre", "post"), "pos_encoding": ("learned", "sinusoidal")}
 
 _PRESETS = {  # GPT-2's four sizes; all use vocab_size=50257 and block_size=1024
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
@@ -28,21 +26,33 @@ _PRESETS = {  # GPT-2's four sizes; all use vocab_size=50257 and block_size=1024
 }
 
 
+def _field(default, help: str, choices: tuple | None = None):
+    """A GPTConfig field whose `help` (and `choices`) also make the training CLI's flag of the same name."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class GPTConfig:
     """Sizes and architectural choices of a GPT; the defaults are GPT-2 small's."""
 
-    vocab_size: int = 50257  # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
-    block_size: int = 1024  # the longest context (number of positions) the model sees
-    n_layer: int = 12  # number of transformer blocks
-    n_head: int = 12  # attention heads per block; head_size = n_embd // n_head
-    n_embd: int = 768  # width of the residual stream
-    dropout: float = 0.0  # dropout after embeddings and on residual branches; 0.0 for pretraining, ~0.1 to finetune
-    bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 (False is a bit better and faster)
-    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu'
-    norm: str = "pre"  # 'pre': LayerNorm before each sublayer + ln_f (GPT-2); 'post': after each residual add (GPT-1)
-    pos_encoding: str = "learned"  # 'learned' position embeddings wpe (GPT-2) or fixed 'sinusoidal' (Vaswani et al.)
-    tie_weights: bool = True  # the LM head reuses wte's matrix (GPT-2); False gives it its own lm_head.weight
+    # GPT-2's BPE vocabulary: 50,000 merges + 256 bytes + <|endoftext|>
+    vocab_size: int = _field(50257, "number of token ids (training takes it from the data's tokenizer)")
+    block_size: int = _field(1024, "context length: the most positions (tokens) the model sees at once")
+    n_layer: int = _field(12, "transformer blocks")
+    n_head: int = _field(12, "attention heads per block (head size: n_embd // n_head)")
+    n_embd: int = _field(768, "embedding width, the residual stream's (divisible by n_head)")
+    # 0.0 for pretraining, ~0.1 to fine-tune; a setting of training, so not part of architecture()
+    dropout: float = _field(0.0, "dropout rate in [0, 1); try 0.1 or 0.2 when fine-tuning on little text")
+    # True as GPT-2; False is a bit better and faster
+    bias: bool = _field(True, "biases in Linear and LayerNorm layers")
+    # GPT-2's GELU is the tanh approximation
+    activation: str = _field("gelu", "MLP nonlinearity", choices=("gelu", "relu"))
+    norm: str = _field(
+        "pre", "LayerNorm before each sublayer, plus ln_f (GPT-2), or after each residual add (GPT-1)", ("pre", "post")
+    )
+    # 'sinusoidal': the fixed encodings of Vaswani et al.
+    pos_encoding: str = _field("learned", "position encoding", choices=("learned", "sinusoidal"))
+    tie_weights: bool = _field(True, "share the token embedding wte with the output layer (GPT-2)")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -53,12 +63,17 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout!r}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"GPTConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
+        for f in fields(self):
+            value, choices = getattr(self, f.name), f.metadata["choices"]
+            if choices and value not in choices:
+                raise ValueError(f"GPTConfig: {f.name} must be one of {choices}, got {value!r}")
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
+
+    def architecture(self) -> dict:
+        """Every field but dropout: what a trained model's weights are made for, so resuming and fine-tuning keep it."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "dropout"}
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
@@ -274,7 +289,7 @@ class GPT(Module):
         Returns:
             numpy int64 array (B, T + max_new_tokens).
         """
-        _check_sampling(temperature, top_k, top_p, max_new_tokens)
+        check_sampling(temperature, top_k, top_p, max_new_tokens)
         tokens = _token_array(idx, self.device).astype("int64")  # (B, T)
         if tokens.shape[1] < 1:
             raise ValueError(f"generate: idx needs at least one token per row, got shape {tuple(tokens.shape)}")
@@ -324,15 +339,23 @@ def _token_array(idx, device: str):
     return data
 
 
-def _check_sampling(temperature, top_k, top_p, max_new_tokens) -> None:
-    if not temperature >= 0:
-        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"generate: top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+def check_sampling(temperature, top_k, top_p, max_new_tokens, label: str = "generate: {}") -> None:
+    """Raise ValueError unless these are valid arguments of `GPT.generate` (the sample CLI checks its flags here too).
+
+    Args:
+        label: how the message names an argument; '{}' stands for its name ('--{}' for the CLI's flags).
+    """
+    checks = [  # (name, value, whether it is valid, what a valid value is)
+        ("temperature", temperature, temperature >= 0, "must be >= 0"),  # False for NaN
+        ("top_k", top_k, top_k is None or (isinstance(top_k, int) and top_k >= 1),
+         "must be a positive integer or None"),
+        ("top_p", top_p, top_p is None or 0.0 < top_p <= 1.0, "must be in (0, 1] or None"),
+        ("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and max_new_tokens >= 0,
+         "must be a non-negative integer"),
+    ]  # fmt: skip
+    for name, value, ok, requirement in checks:
+        if not ok:
+            raise ValueError(f"{label.format(name)} {requirement}, got {value!r}")
 
 
 class _Sampler:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
-from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
+from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
 from tinygrad_gpt.data import CharTokenizer, format_chars
-from tinygrad_gpt.model import GPT, GPTConfig
+from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
 
 PROG = "python -m tinygrad_gpt.sample"
 SEPARATOR = "---------------"
@@ -40,14 +40,8 @@ class SampleConfig:
     def __post_init__(self):
         if self.num_samples < 1:
             raise UsageError(f"--num_samples must be >= 1, got {self.num_samples}")
-        if self.max_new_tokens < 0:
-            raise UsageError(f"--max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise UsageError(f"--top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top_p must be in (0, 1], got {self.top_p}")
+        self.top_k = self.top_k or None  # 0 means no limit, as None does for generate
+        check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens, label="--{}")
 
 
 def default_prompt(tokenizer: CharTokenizer) -> str:
@@ -67,15 +61,13 @@ def sample_texts(
     model: GPT, tokenizer: CharTokenizer, prompt: str, num_samples: int, max_new_tokens: int,
     temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,
 ) -> list[str]:  # fmt: skip
-    """Continue `prompt` num_samples times, in one batch.
+    """Continue `prompt` num_samples times, in one batch (sampling arguments as GPT.generate's).
 
     Returns:
         num_samples strings, each the prompt followed by max_new_tokens generated characters.
     """
     ids = encode_prompt(tokenizer, prompt)
     idx = ids[None, :].repeat(num_samples, axis=0)  # (num_samples, T)
-    top_k = top_k or None  # 0 means no limit
-    top_p = top_p if top_p is not None and top_p < 1.0 else None
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     start = len(ids) - len(prompt)  # 1 when an empty prompt was replaced by default_prompt, else 0
     return [tokenizer.decode(row)[start:] for row in out]
@@ -139,7 +131,7 @@ def main(argv=None) -> int:
     """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input)."""
     try:
         values, _ = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
-        config = SampleConfig(**values)
+        config = build_config(SampleConfig, values)
         if config.seed is None:
             config.seed = secrets.randbits(32)  # a fresh sample each run
         prompt = read_prompt(config.prompt)

@@ -2,11 +2,14 @@
 
 With no arguments it trains a small GPT on Python's own documentation (`pydoc_data.topics`, part of
 every Python install), so it works offline on a fresh machine. The flags carry nanoGPT's names and
-meanings; `--help` lists them. The loop below is nanoGPT's train.py, kept in one readable piece:
+meanings; `--help` lists them. They are the fields of TrainConfig (train_config.py), which `main`
+builds once and passes on. The loop below is nanoGPT's train.py, kept in one readable piece:
 
     every eval_interval: estimate train/val loss, save out_dir/ckpt_latest (and ckpt_best when val improves)
-    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step
+    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step (`train_step`)
     every log_interval:  a line in out_dir/metrics.jsonl
+
+float32 and float16 (`--dtype`) differ only in the `Precision` object the step calls (amp.py).
 
 `--init_from resume` continues the run in out_dir exactly (same losses, bit for bit on NumPy): the
 checkpoint holds the weights, the optimizer's moments, and the states of the batch samplers and of
@@ -16,10 +19,7 @@ the library's generator (dropout). `--init_from DIR` fine-tunes the checkpoint i
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import math
-import signal
 import sys
 import time
 import warnings
@@ -27,16 +27,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt import backend, gpu_kernels, no_grad
-from tinygrad_gpt.amp import GradScaler, MasterWeights
-from tinygrad_gpt.checkpoint import CheckpointError, find_checkpoint, is_checkpoint, load_checkpoint, save_checkpoint
-from tinygrad_gpt.cli import UsageError, option, parse_args, report_error
-from tinygrad_gpt.data import BatchSampler, CharTokenizer, build_dataset, load_corpus
-from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.optim import AdamW, clip_grad_norm_, cosine_lr
+from tinygrad_gpt.amp import Precision, make_precision
+from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
+from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
+from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.model import GPT
+from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
+from tinygrad_gpt.optim import AdamW, cosine_lr
 from tinygrad_gpt.sample import default_prompt, sample_texts
+from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
 
 PROG = "python -m tinygrad_gpt.train"
-DEFAULT_MAX_ITERS = 3500  # the no-argument run: about 5 minutes on 2 CPU cores (measured: README)
 EXAMPLES = """examples:
   python -m tinygrad_gpt.train                                  # Python's docs, default model, ~5 minutes
   python -m tinygrad_gpt.train --data shakespeare --out_dir out-shakespeare
@@ -45,106 +46,6 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
   TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
 """
-MODEL_KEYS = ("block_size", "n_layer", "n_head", "n_embd", "bias", "activation", "norm", "pos_encoding", "tie_weights")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; each field is also a command-line flag (nanoGPT's names)."""
-
-    # I/O
-    out_dir: str = option("out", "directory for checkpoints, metrics.jsonl, loss.png and the token files")
-    data: str = option(
-        "pydoc",
-        "training text: a UTF-8 file, a directory of .txt files, 'shakespeare' (Tiny Shakespeare, downloaded "
-        "once) or 'pydoc' (Python's documentation from the standard library, offline)",
-    )
-    cache_dir: str = option("", "where downloads are kept; '' means $TINYGRAD_GPT_CACHE or ~/.cache/tinygrad_gpt")
-    init_from: str = option(
-        "scratch", "'scratch', 'resume' (continue the run in out_dir exactly) or a checkpoint directory to fine-tune"
-    )
-    eval_interval: int = option(250, "estimate train/val loss and save checkpoints every this many iterations")
-    log_interval: int = option(10, "write loss, lr and tokens/s to metrics.jsonl every this many iterations")
-    eval_iters: int = option(20, "batches per split when estimating the loss")
-    eval_only: bool = option(False, "only estimate the loss of the initial model (e.g. with --init_from resume)")
-    overwrite: bool = option(False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir")
-    plot: bool = option(True, "draw out_dir/loss.png at the end (needs matplotlib)")
-    max_new_tokens: int = option(500, "characters of the sample printed at the end (0: none)")
-    # data
-    batch_size: int = option(12, "sequences per batch")
-    block_size: int = option(64, "context length in characters")
-    # model
-    n_layer: int = option(4, "transformer blocks")
-    n_head: int = option(4, "attention heads per block")
-    n_embd: int = option(128, "embedding width (divisible by n_head)")
-    dropout: float = option(0.0, "dropout rate in [0, 1); try 0.1 or 0.2 when fine-tuning on little text")
-    bias: bool = option(True, "biases in Linear and LayerNorm layers")
-    activation: str = option("gelu", "MLP nonlinearity", choices=("gelu", "relu"))
-    norm: str = option(
-        "pre", "LayerNorm before each sublayer (GPT-2) or after each residual add (GPT-1)", ("pre", "post")
-    )
-    pos_encoding: str = option("learned", "position encoding", choices=("learned", "sinusoidal"))
-    tie_weights: bool = option(True, "share the token embedding with the output layer (GPT-2)")
-    # AdamW
-    learning_rate: float = option(1e-3, "peak learning rate")
-    max_iters: int = option(DEFAULT_MAX_ITERS, "total training iterations")
-    weight_decay: float = option(0.1, "AdamW weight decay of the 2-D weights")
-    beta1: float = option(0.9, "AdamW beta1")
-    beta2: float = option(0.99, "AdamW beta2")
-    grad_clip: float = option(1.0, "clip the gradients' total norm to this (0: no clipping)")
-    # learning-rate schedule
-    decay_lr: bool = option(True, "linear warmup then cosine decay; False keeps learning_rate constant")
-    warmup_iters: int | None = option(None, "warmup iterations (None: min(100, max_iters // 10))")
-    lr_decay_iters: int | None = option(None, "iteration where the decay reaches min_lr (None: max_iters)")
-    min_lr: float | None = option(None, "learning rate at the end of the decay (None: learning_rate / 10)")
-    seed: int = option(1337, "seed of the initialisation, dropout and batch sampling")
-    # precision
-    dtype: str = option(
-        "float32",
-        "float16: the model computes in float16, AdamW updates float32 master weights, the loss is scaled "
-        "dynamically (checkpoints hold float32 weights either way)",
-        choices=("float32", "float16"),
-    )
-    tf32: bool = option(
-        False, "GPU only: allow TF32 tensor-core matmuls for float32 (sets CUPY_TF32=1 before the first matmul)"
-    )
-
-    def __post_init__(self):
-        checks = [
-            ("batch_size", self.batch_size >= 1, "must be >= 1"),
-            ("max_iters", self.max_iters >= 0, "must be >= 0"),
-            ("eval_interval", self.eval_interval >= 1, "must be >= 1"),
-            ("log_interval", self.log_interval >= 1, "must be >= 1"),
-            ("eval_iters", self.eval_iters >= 1, "must be >= 1"),
-            ("max_new_tokens", self.max_new_tokens >= 0, "must be >= 0"),
-            ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0, "must be positive"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("beta1", 0 <= self.beta1 < 1, "must be in [0, 1)"),
-            ("beta2", 0 <= self.beta2 < 1, "must be in [0, 1)"),
-            ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
-            ("warmup_iters", self.warmup_iters is None or self.warmup_iters >= 0, "must be >= 0"),
-            ("min_lr", self.min_lr is None or self.min_lr >= 0, "must be >= 0"),
-        ]
-        for name, ok, requirement in checks:
-            if not ok:
-                raise UsageError(f"--{name} {requirement}, got {getattr(self, name)}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < (self.warmup_iters or 0):
-            raise UsageError(f"--lr_decay_iters {self.lr_decay_iters} must be >= --warmup_iters {self.warmup_iters}")
-
-    def resolved(self) -> TrainConfig:
-        """A copy with the None defaults of the schedule filled in (saved, so a resume keeps them)."""
-        lr_decay_iters = self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
-        warmup = min(100, self.max_iters // 10) if self.warmup_iters is None else self.warmup_iters
-        return dataclasses.replace(
-            self,
-            warmup_iters=min(warmup, lr_decay_iters),
-            lr_decay_iters=lr_decay_iters,
-            min_lr=self.learning_rate / 10 if self.min_lr is None else self.min_lr,
-        )
-
-    def model_config(self, vocab_size: int) -> GPTConfig:
-        """The GPTConfig of this run (raises ValueError for impossible sizes)."""
-        return GPTConfig(vocab_size=vocab_size, dropout=self.dropout, **{k: getattr(self, k) for k in MODEL_KEYS})
 
 
 @dataclass
@@ -154,6 +55,7 @@ class Run:
     config: TrainConfig
     model: GPT
     optimizer: AdamW
+    precision: Precision  # float32, or float16 with float32 master weights and a loss scale
     tokenizer: CharTokenizer
     batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
     corpus_name: str
@@ -162,8 +64,6 @@ class Run:
     last_saved_iter: int | None = None
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
     started: float = dataclasses.field(default_factory=time.perf_counter)
-    masters: MasterWeights | None = None  # --dtype float16: the float32 weights AdamW updates
-    scaler: GradScaler | None = None  # --dtype float16: the dynamic loss scale
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -199,11 +99,38 @@ def estimate_loss(model: GPT, batches: dict, eval_iters: int) -> dict:
     return out
 
 
+def train_step(run: Run, lr: float) -> float:
+    """One iteration: a batch, forward, backward, clip and optimizer step at learning rate lr; returns the loss.
+
+    The same for float32 and float16 (run.precision): a float16 step whose gradients hold inf/NaN is
+    skipped and the loss scale lowered.
+    """
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
+    x, y = run.batches["train"].next_batch()  # (B, T) inputs and next-character targets
+    _, loss = run.model(x, y)
+    run.precision.zero_grad(run.optimizer)
+    run.precision.scale_loss(loss).backward()
+    run.precision.step(run.optimizer, run.config.grad_clip)
+    return loss.item()  # read after the step: a GPU runs forward and backward without a wait
+
+
+def log_step(run: Run, metrics: MetricsLog, progress: Progress, speed: Throughput, loss: float, lr: float) -> None:
+    """Advance the progress bar; every log_interval iterations also write a line of metrics.jsonl."""
+    tokens_per_sec = speed.count()
+    logged = run.iter_num % run.config.log_interval == 0
+    if logged:
+        metrics.write(iter=run.iter_num, loss=loss, lr=lr, tokens_per_sec=tokens_per_sec, time=run.elapsed(),
+                      **run.precision.metrics())  # fmt: skip
+        speed.restart()
+    progress.step(run.iter_num, loss, tokens_per_sec, logged)
+
+
 def save(run: Run, name: str) -> Path:
-    """Write out_dir/<name> (ckpt_latest or ckpt_best) atomically."""
-    config = run.config
+    """Write out_dir/<name> (ckpt_latest or ckpt_best) atomically, with float32 weights in either precision."""
     meta = {
-        "train_config": dataclasses.asdict(config),
+        "train_config": flatten_config(run.config),
         "model_config": dataclasses.asdict(run.model.config),
         "vocab": run.tokenizer.chars,
         "iter_num": run.iter_num,
@@ -211,203 +138,11 @@ def save(run: Run, name: str) -> Path:
         "elapsed": run.elapsed(),
         "rng_state": backend.get_rng_state(),
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
+        **run.precision.state_dict(),  # float16: the loss scale
     }
-    if run.scaler is not None:
-        meta["grad_scaler"] = run.scaler.state_dict()
-    weights = run.masters.state_dict() if run.masters is not None else run.model.state_dict()  # float32 always
-    path = save_checkpoint(run.out_dir / name, weights, run.optimizer.state_dict(), meta)
+    path = save_checkpoint(run.out_dir / name, run.precision.weights(), run.optimizer.state_dict(), meta)
     run.last_saved_iter = run.iter_num
     return path
-
-
-class MetricsLog:
-    """out_dir/metrics.jsonl: one JSON object per line."""
-
-    def __init__(self, path: Path, keep_until_iter: int | None):
-        """Start afresh, or (resume) keep the lines up to the checkpoint's iteration and append."""
-        self.path = path
-        kept = []
-        if keep_until_iter is not None and path.exists():  # drop what a crashed run logged after its checkpoint
-            kept = [line for line in path.read_text().splitlines() if _iter_of(line) <= keep_until_iter]
-        path.write_text("".join(line + "\n" for line in kept))
-
-    def write(self, **record) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _iter_of(line: str) -> float:
-    """The "iter" of a metrics line; infinity for a line cut short by a crash, so it is dropped."""
-    try:
-        return json.loads(line)["iter"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop after the current step; a second Ctrl-C aborts."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-
-class Progress:
-    """A tqdm bar with loss and tokens/s when tqdm is installed; a plain line every log_interval otherwise."""
-
-    def __init__(self, run: Run, device: str):
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        self.total = run.config.max_iters
-        self.bar = tqdm(total=self.total, initial=run.iter_num, desc=f"train [{device}]", unit="it") if tqdm else None
-
-    def step(self, it: int, loss: float, tokens_per_sec: float, logged: bool) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if logged:
-                self.bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_per_sec:,.0f}", refresh=False)
-        elif logged:
-            print(f"iter {it}/{self.total}: loss {loss:.4f}, {tokens_per_sec:,.0f} tokens/s", flush=True)
-
-    def print(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message)
-        else:
-            print(message, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# ---------------------------------------------------------------- setting a run up
-
-
-def load_init_checkpoint(values: dict):
-    """The checkpoint `--init_from` names: None for 'scratch', out_dir/ckpt_latest for 'resume', else a directory."""
-    init_from = values["init_from"]
-    if init_from == "scratch":
-        return None
-    if init_from == "resume":
-        try:
-            return load_checkpoint(find_checkpoint(values["out_dir"], prefer=("ckpt_latest",)))
-        except CheckpointError as e:
-            raise UsageError(f"--init_from resume: {e}") from None
-    return load_checkpoint(find_checkpoint(init_from), with_optimizer=False)
-
-
-def merge_config(values: dict, explicit: set, ckpt) -> TrainConfig:
-    """The run's config: flags over defaults; for a checkpoint, its model shape (and, to resume, its settings)."""
-    if ckpt is None:
-        return TrainConfig(**values)
-    saved_model = ckpt.meta["model_config"]
-    for key in MODEL_KEYS:
-        if key in explicit and values[key] != saved_model[key]:
-            raise UsageError(
-                f"--{key} {values[key]} conflicts with the checkpoint's {key}={saved_model[key]} in {ckpt.path} "
-                "(a trained model's shape cannot change)"
-            )
-    if values["init_from"] == "resume":
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        saved = {k: v for k, v in ckpt.meta["train_config"].items() if k in known}
-        return TrainConfig(**{**saved, **{k: values[k] for k in explicit}, "init_from": "resume"})
-    return TrainConfig(**{**values, **{k: saved_model[k] for k in MODEL_KEYS}})
-
-
-def widen_vocab(state: dict, model: GPT) -> dict:
-    """A checkpoint's weights for `model`, whose vocabulary has new characters: their rows come from its init."""
-    fresh = model.state_dict()
-    state = dict(state)
-    for name in ("wte.weight", "lm_head.weight"):  # (vocab, n_embd) and, untied, (n_embd, vocab)
-        if name in state and name in fresh and tuple(state[name].shape) != tuple(fresh[name].shape):
-            old, widened = state[name], backend.to_numpy(fresh[name]).copy()
-            widened[: old.shape[0], : old.shape[1]] = old
-            state[name] = widened
-    return state
-
-
-def restore(run: Run, ckpt) -> None:
-    """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses and every generator."""
-    if ckpt.optim_state is None:
-        raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
-    run.optimizer.load_state_dict(ckpt.optim_state)
-    for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
-        group["betas"] = (run.config.beta1, run.config.beta2)
-    run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
-    try:
-        meta = ckpt.meta
-        run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
-        run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
-        backend.set_rng_state(meta["rng_state"])
-        for name, batches in run.batches.items():
-            batches.set_state(meta["sampler_states"][name])
-        if run.scaler is not None and "grad_scaler" in meta:  # a float32 checkpoint starts a fresh scale
-            run.scaler.load_state_dict(meta["grad_scaler"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
-
-
-def setup(values: dict, explicit: set) -> Run:
-    """Everything a run needs, checked before any checkpoint is written.
-
-    Raises:
-        UsageError, ValueError (DataError, CheckpointError, bad sizes) or OSError, for one-line reports.
-    """
-    ckpt = load_init_checkpoint(values)
-    config = merge_config(values, explicit, ckpt).resolved()
-    config.model_config(vocab_size=1)  # impossible sizes fail here, before any file is written
-    if config.tf32:  # before the first matmul: CuPy reads CUPY_TF32 once
-        gpu_kernels.enable_tf32()
-    resume = config.init_from == "resume"
-    if not (resume or config.eval_only or config.overwrite) and has_checkpoint(Path(config.out_dir)):
-        raise UsageError(
-            f"{config.out_dir} already holds checkpoints of an earlier run; continue it with --init_from resume, "
-            "pick another --out_dir, or pass --overwrite to replace them"
-        )
-    corpus = load_corpus(config.data, config.cache_dir or None)
-    tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
-    new_tokenizer, splits = build_dataset(
-        corpus, config.out_dir, config.block_size, tokenizer, allow_new_chars=ckpt is not None and not resume
-    )
-    if tokenizer is not None and new_tokenizer.vocab_size > tokenizer.vocab_size:
-        added = new_tokenizer.chars[tokenizer.vocab_size :]
-        print(f"fine-tuning: {len(added)} new characters added to the vocabulary: {''.join(added)!r}")
-    backend.manual_seed(config.seed)
-    model = GPT(config.model_config(new_tokenizer.vocab_size))
-    if ckpt is not None:
-        model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
-    groups, masters, scaler = model.param_groups(config.weight_decay), None, None
-    if config.dtype == "float16":
-        masters, scaler = MasterWeights(model, dtype="float16"), GradScaler()  # keeps float32 copies, casts model
-        groups = masters.param_groups(groups)
-    optimizer = AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    B, T, seed = config.batch_size, config.block_size, config.seed
-    batches = {  # separate streams, so evaluating never shifts the training batches
-        "train": BatchSampler(splits["train"], B, T, seed=[seed, 0]),
-        "eval_train": BatchSampler(splits["train"], B, T, seed=[seed, 1]),
-        "eval_val": BatchSampler(splits["val"], B, T, seed=[seed, 2]),
-    }
-    run = Run(config, model, optimizer, new_tokenizer, batches, corpus.name, masters=masters, scaler=scaler)
-    if resume:
-        restore(run, ckpt)
-    return run
-
-
-# ---------------------------------------------------------------- the training loop
 
 
 def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
@@ -427,46 +162,121 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- setting a run up
+
+
+def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
+    """Everything a run needs, checked before any checkpoint is written.
+
+    Raises:
+        UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
+    """
+    if config.tf32:  # before the first matmul: CuPy reads CUPY_TF32 once
+        gpu_kernels.enable_tf32()
+    resume = config.init_from == "resume"
+    if not (resume or config.eval_only or config.overwrite) and has_checkpoint(Path(config.out_dir)):
+        raise UsageError(
+            f"{config.out_dir} already holds checkpoints of an earlier run; continue it with --init_from resume, "
+            "pick another --out_dir, or pass --overwrite to replace them"
+        )
+    corpus = load_corpus(config.data, config.cache_dir or None)
+    tokenizer, splits = prepare_data(config, corpus, ckpt)
+    backend.manual_seed(config.seed)
+    model = GPT(config.model_config(tokenizer.vocab_size))
+    if ckpt is not None:
+        model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
+    groups = model.param_groups(config.weight_decay)
+    precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
+    optimizer = AdamW(precision.param_groups(groups), lr=config.learning_rate, betas=(config.beta1, config.beta2))
+    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name)
+    if resume:
+        restore(run, ckpt)
+    return run
+
+
+def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -> tuple[CharTokenizer, dict]:
+    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters) and the token splits."""
+    tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
+    fine_tune = ckpt is not None and config.init_from != "resume"
+    new_tokenizer, splits = build_dataset(
+        corpus, config.out_dir, config.model.block_size, tokenizer, allow_new_chars=fine_tune
+    )
+    if tokenizer is not None and new_tokenizer.vocab_size > tokenizer.vocab_size:
+        added = new_tokenizer.chars[tokenizer.vocab_size :]
+        print(f"fine-tuning: {len(added)} new characters added to the vocabulary: {''.join(added)!r}")
+    return new_tokenizer, splits
+
+
+def make_batches(config: TrainConfig, splits: dict) -> dict:
+    """Separate sampler streams, so evaluating never shifts the training batches."""
+    B, T, seed = config.batch_size, config.model.block_size, config.seed
+    return {
+        "train": BatchSampler(splits["train"], B, T, seed=[seed, 0]),
+        "eval_train": BatchSampler(splits["train"], B, T, seed=[seed, 1]),
+        "eval_val": BatchSampler(splits["val"], B, T, seed=[seed, 2]),
+    }
+
+
+def widen_vocab(state: dict, model: GPT) -> dict:
+    """A checkpoint's weights for `model`, whose vocabulary has new characters: their rows come from its init."""
+    fresh = model.state_dict()
+    state = dict(state)
+    for name in ("wte.weight", "lm_head.weight"):  # (vocab, n_embd) and, untied, (n_embd, vocab)
+        if name in state and name in fresh and tuple(state[name].shape) != tuple(fresh[name].shape):
+            old, widened = state[name], backend.to_numpy(fresh[name]).copy()
+            widened[: old.shape[0], : old.shape[1]] = old
+            state[name] = widened
+    return state
+
+
+def restore(run: Run, ckpt: Checkpoint) -> None:
+    """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses, loss scale and every generator."""
+    if ckpt.optim_state is None:
+        raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
+    run.optimizer.load_state_dict(ckpt.optim_state)
+    for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
+        group["betas"] = (run.config.beta1, run.config.beta2)
+    run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
+    try:
+        meta = ckpt.meta
+        run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
+        run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
+        backend.set_rng_state(meta["rng_state"])
+        for name, batches in run.batches.items():
+            batches.set_state(meta["sampler_states"][name])
+        run.precision.load_state_dict(meta)  # a float32 checkpoint resumed in float16 starts a fresh scale
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+
+
+# ---------------------------------------------------------------- the training loop
+
+
 def train(run: Run) -> int:
     """Run the training loop to max_iters (or Ctrl-C), then sample, plot and summarise. Returns the exit status."""
-    config, model, optimizer = run.config, run.model, run.optimizer
+    config = run.config
     device = backend.device_name()
-    tokens_per_iter = config.batch_size * config.block_size
     resumed_at = run.iter_num if config.init_from == "resume" else None
     metrics = MetricsLog(run.out_dir / "metrics.jsonl", keep_until_iter=resumed_at)
     announce(run, device, resumed_at)
     run.started = time.perf_counter()
-    progress = Progress(run, device)
+    progress = Progress(config.max_iters, run.iter_num, device)
     with StopRequest() as stop:
         if run.iter_num == 0 and not evaluate(run, metrics, progress):
             return diverged(run, progress, "the initial loss is not finite")
-        model.train()
-        t0, iters_since = time.perf_counter(), 0
+        run.model.train()
+        speed = Throughput(tokens_per_iter=config.batch_size * config.model.block_size)
         while run.iter_num < config.max_iters and not stop.requested:
             lr = get_lr(config, run.iter_num)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
-            x, y = run.batches["train"].next_batch()  # (B, T) inputs and next-character targets
-            _, loss = model(x, y)
-            backward_and_step(run, loss)
-            loss_value = loss.item()  # read after the step: a GPU runs forward and backward without a wait
-            if not math.isfinite(loss_value):  # nothing is saved from here, so the step's weights are dropped
-                return diverged(run, progress, f"loss is {loss_value} at iteration {run.iter_num + 1}")
+            loss = train_step(run, lr)
+            if not math.isfinite(loss):  # nothing is saved from here, so the step's weights are dropped
+                return diverged(run, progress, f"loss is {loss} at iteration {run.iter_num + 1}")
             run.iter_num += 1
-            iters_since += 1
-            logged = run.iter_num % config.log_interval == 0
-            tokens_per_sec = iters_since * tokens_per_iter / max(time.perf_counter() - t0, 1e-9)
-            if logged:
-                scale = {"loss_scale": run.scaler.scale_value} if run.scaler is not None else {}
-                metrics.write(iter=run.iter_num, loss=loss_value, lr=lr, tokens_per_sec=tokens_per_sec,
-                              time=run.elapsed(), **scale)  # fmt: skip
-                t0, iters_since = time.perf_counter(), 0
-            progress.step(run.iter_num, loss_value, tokens_per_sec, logged)
+            log_step(run, metrics, progress, speed, loss, lr)
             if run.iter_num % config.eval_interval == 0 or run.iter_num == config.max_iters:
                 if not evaluate(run, metrics, progress):
                     return diverged(run, progress, f"the estimated loss is not finite at iteration {run.iter_num}")
-                t0, iters_since = time.perf_counter(), 0
+                speed.restart()
         if stop.requested and run.last_saved_iter != run.iter_num:
             save(run, "ckpt_latest")
     progress.close()
@@ -479,33 +289,6 @@ def train(run: Run) -> int:
         return 0
     finish(run, time.perf_counter() - run.started, device, resumed_at)
     return 0
-
-
-def backward_and_step(run: Run, loss) -> bool:
-    """Backward, gradient clipping and one AdamW step; returns False for a float16 step skipped on inf/NaN.
-
-    float32: the usual step. float16: backward of the scaled loss, gradients unscaled into the float32
-    masters, clip and step there (skipped if any gradient is inf/NaN), then the scale is updated.
-    """
-    optimizer, max_norm, scaler = run.optimizer, run.config.grad_clip, run.scaler
-    optimizer.zero_grad()
-    if scaler is None:
-        loss.backward()
-        if max_norm > 0:
-            clip_grad_norm_(run.model.parameters(), max_norm)
-        optimizer.step()
-        return True
-    run.model.zero_grad()
-    scaler.scale(loss).backward()
-    if scaler.unscale_and_check(run.masters) and max_norm > 0:
-        clip_grad_norm_(run.masters.params, max_norm)
-    stepped = scaler.step(optimizer, run.masters)
-    scaler.update()
-    return stepped
-
-
-def has_checkpoint(out_dir: Path) -> bool:
-    return any(is_checkpoint(out_dir / name) for name in ("ckpt_latest", "ckpt_best"))
 
 
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
@@ -548,50 +331,24 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
     iters = run.iter_num - (resumed_at or 0)
     resumed = f" (resumed at {resumed_at})" if resumed_at else ""
     best = f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "n/a"
+    tokens = iters * config.batch_size * config.model.block_size
     print(
-        f"done: {iters:,} iterations{resumed}, {iters * config.batch_size * config.block_size:,} tokens, "
-        f"{wall:.1f} s wall on {device}; best val loss {best}; checkpoint {run.out_dir / 'ckpt_best'}",
+        f"done: {iters:,} iterations{resumed}, {tokens:,} tokens, {wall:.1f} s wall on {device}; "
+        f"best val loss {best}; checkpoint {run.out_dir / 'ckpt_best'}",
         flush=True,
     )
-
-
-def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
-    """Draw the training and evaluation losses of metrics.jsonl into a PNG (None without matplotlib)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return None
-    from tinygrad_gpt.checkpoint import atomic_write_bytes
-
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
-    steps = [(r["iter"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["iter"], r["train_loss"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    if steps:
-        ax.plot(*zip(*steps), color="0.75", linewidth=0.8, label="batch loss")
-    if evals:
-        its, train_losses, val_losses = zip(*evals)
-        ax.plot(its, train_losses, "o-", label="train loss (estimated)")
-        ax.plot(its, val_losses, "o-", label="val loss (estimated)")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy (nats per character)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(png_path, buffer.getvalue())
-    return png_path
 
 
 # ---------------------------------------------------------------- entry point
 
 
 def main(argv=None) -> int:
-    """Parse flags, set the run up and train; returns the exit status (2 for bad input)."""
+    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input)."""
     try:
-        values, explicit = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
-        run = setup(values, explicit)
+        values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
+        ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
+        config = make_config(values, given, ckpt)
+        run = setup(config, ckpt)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0
     except (UsageError, ValueError, OSError) as e:
@@ -599,8 +356,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    if run.config.eval_only:
-        losses = estimate_loss(run.model, run.batches, run.config.eval_iters)
+    if config.eval_only:
+        losses = estimate_loss(run.model, run.batches, config.eval_iters)
         print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return 0
     try:
