@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 
 import numpy as np
 
@@ -39,7 +41,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--zero", action="store_true")
     parser.add_argument("--load", default=None)
-    parser.add_argument("--raise_on_rank", type=int, default=-1)
+    parser.add_argument("--fail_on_rank", type=int, default=-1, help="this rank fails in the first step")
+    parser.add_argument("--fail", choices=("raise", "kill"), default="raise", help="by an exception or SIGKILL")
     parser.add_argument("--seed", type=int, default=1337)
     args = parser.parse_args()
 
@@ -64,8 +67,8 @@ def main() -> None:
         micro = world.micro_batches(args.G)
         step_loss = 0.0
         for k in micro:
-            if k == args.raise_on_rank:  # the fault test: this rank dies while the others wait
-                raise RuntimeError(f"rank {world.rank} fails on purpose")
+            if world.rank == args.fail_on_rank:  # the fault tests: this rank dies while the others wait
+                fail(args.fail, world.rank)
             _, loss = model(*get_batch(args.seed, it, k))
             (loss * (1.0 / len(micro))).backward()
             step_loss += float(backend.to_numpy(loss.data)) / args.G
@@ -80,6 +83,12 @@ def main() -> None:
     state = optimizer.state_dict()  # collective for ZeroAdamW
     if world.is_main:
         save(args.out, model, state, losses, start + args.steps, optimizer)
+
+
+def fail(how: str, rank: int) -> None:
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"rank {rank} fails on purpose")
 
 
 def save(path: str, model, state: dict, losses: list, iteration: int, optimizer) -> None:
