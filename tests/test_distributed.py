@@ -254,3 +254,20 @@ def test_grad_sync_and_broadcast_are_no_ops_in_one_process():
     np.testing.assert_array_equal(backend.to_numpy(p.grad.data), 1.0)
     for q, b in zip(model.parameters(), before):
         np.testing.assert_array_equal(backend.to_numpy(q.data), b)
+
+
+@needs_mpi
+def test_bench_ddp_reports_one_row_per_rank_count_with_the_allreduce_size(tmp_path):
+    """The CI-sized run of benchmarks/bench_ddp.py: R=1 and R=2 rows, 2 ranks allreduce the tiny GPT's grads."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import harness
+
+    script = REPO / "benchmarks" / "bench_ddp.py"
+    command = [sys.executable, str(script), "--config", "tiny", "--steps", "1", "--warmup", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=_env(), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    columns, rows = harness.parse_markdown_table(result.stdout)
+    assert [r[0] for r in rows] == ["1 x 2", "2 x 1"]
+    n_params = harness.num_params(harness.CONFIGS["tiny"])
+    assert float(rows[1][columns.index("allreduce MB/step")]) == pytest.approx(4 * n_params / 1e6, abs=0.01)
+    assert float(rows[0][columns.index("step (ms)")]) > 0
