@@ -69,7 +69,6 @@ def worker(args) -> None:
 
     cfg = resolve_config(args)
     world = distributed.init()
-    distributed.install_abort_hook(world)
     manual_seed(1337)
     model = GPT(GPTConfig(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}))
     groups = model.param_groups(0.1)

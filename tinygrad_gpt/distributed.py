@@ -291,12 +291,16 @@ class NCCLWorld(MPIWorld):
 _world: World | None = None
 
 
-def init(use_mpi: bool | None = None) -> World:
+def init(use_mpi: bool | None = None, abort_on_error: bool = True) -> World:
     """The process's world, made once: MPI under mpiexec (NCCL for the cupy backend), else one process.
+
+    Call it before creating any tensor: on GPUs it picks this rank's device.
 
     Args:
         use_mpi: force MPI on (True) or off (False); None decides from the launcher's variables, so
             a plain `python ...` never pays for importing mpi4py.
+        abort_on_error: with several ranks, install `install_abort_hook` (an uncaught exception on
+            any rank ends the whole job).
     Raises:
         DistributedError when MPI is asked for (or mpiexec started us) but mpi4py is missing.
     """
@@ -316,6 +320,8 @@ def init(use_mpi: bool | None = None) -> World:
     _world = NCCLWorld(MPI, nccl) if nccl is not None else MPIWorld(MPI)
     if backend.BACKEND == "cupy" and nccl is None:
         backend.use_gpu(_world.local_rank)  # no NCCL (e.g. the CPU stand-in): MPI on host copies
+    if abort_on_error:
+        install_abort_hook(_world)
     return _world
 
 
@@ -410,7 +416,9 @@ def install_abort_hook(world: World) -> None:
     """Make an uncaught exception on any rank print its traceback and abort the whole job.
 
     Without it a rank that raises exits while the others wait forever in their next collective.
-    A no-op for the single-process world (Python's own handling is right there).
+    A no-op for the single-process world (Python's own handling is right there). `SystemExit` does
+    not pass through it: an error every rank detects may exit normally on every rank (e.g. exit 2),
+    but one that only some ranks see must end the job with `world.abort(code)`.
     """
     if world.size == 1:
         return
