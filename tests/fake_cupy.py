@@ -207,6 +207,9 @@ class _Device:
     def synchronize(self) -> None:
         pass
 
+    def use(self) -> None:  # make this the current device (one fake device: nothing to do)
+        pass
+
 
 class _MemoryPool:
     def used_bytes(self) -> int:

@@ -197,6 +197,33 @@ def device_name(device: str | None = None) -> str:
     return f"cuda ({props['name'].decode()}, cupy {cupy.__version__})"
 
 
+
+# ---------------------------------------------------------------- multi-GPU (for tinygrad_gpt.distributed)
+
+
+def use_gpu(index: int) -> int:
+    """Make GPU `index` (modulo the visible count) current for this process; returns the one chosen."""
+    cupy = _load_cupy()
+    index %= cupy.cuda.runtime.getDeviceCount()
+    cupy.cuda.Device(index).use()
+    return index
+
+
+def nccl():
+    """CuPy's NCCL bindings (`cupy.cuda.nccl`), or None where CuPy was built without NCCL (or is a stand-in)."""
+    _load_cupy()
+    try:
+        from cupy.cuda import nccl as nccl_module
+    except ImportError:  # CuPy without NCCL, or the CPU stand-in (no cupy.cuda package)
+        return None
+    return nccl_module if getattr(nccl_module, "available", False) else None
+
+
+def current_stream_ptr() -> int:
+    """The raw handle of CuPy's current CUDA stream (NCCL queues its collectives on it)."""
+    return _load_cupy().cuda.get_current_stream().ptr
+
+
 # ---------------------------------------------------------------- random numbers
 
 _seed = 1337
