@@ -43,6 +43,7 @@ class GPTConfig:
     norm: str = "pre"  # 'pre': LayerNorm before each sublayer + ln_f (GPT-2); 'post': after each residual add (GPT-1)
     pos_encoding: str = "learned"  # 'learned' position embeddings wpe (GPT-2) or fixed 'sinusoidal' (Vaswani et al.)
     tie_weights: bool = True  # the LM head reuses wte's matrix (GPT-2); False gives it its own lm_head.weight
+    layer_norm_epsilon: float = 1e-5  # added to the variance in every LayerNorm (GPT-2's value)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -56,6 +57,8 @@ class GPTConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"GPTConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPTConfig: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
@@ -120,9 +123,9 @@ class Block(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -171,7 +174,7 @@ class GPT(Module):
         self.drop = Dropout(config.dropout)
         self.h = ModuleList(Block(config) for _ in range(config.n_layer))
         if config.norm == "pre":  # post-norm blocks already end in a LayerNorm (GPT-1 has no ln_f)
-            self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+            self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         if not config.tie_weights:
             self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self._init_weights()
@@ -191,6 +194,25 @@ class GPT(Module):
     @property
     def device(self) -> str:
         return self.wte.weight.device
+
+    @classmethod
+    def from_pretrained(cls, path, device: str | None = None, dtype=None) -> GPT:
+        """A model, in eval mode, from a Hugging Face GPT-2 directory or a checkpoint written by tinygrad_gpt.train.
+
+        See `tinygrad_gpt.pretrained.load_pretrained` (which this calls) for what each directory holds.
+        """
+        from tinygrad_gpt.pretrained import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path, tokenizer=None) -> None:
+        """Write a Hugging Face GPT-2 directory (config.json, model.safetensors, and the tokenizer's files).
+
+        See `tinygrad_gpt.pretrained.save_pretrained` (which this calls).
+        """
+        from tinygrad_gpt.pretrained import save_pretrained
+
+        save_pretrained(self, path, tokenizer)
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
         """Next-token logits for every position, and the mean cross-entropy when targets are given.
