@@ -88,12 +88,13 @@ def main(argv=None) -> int:
     parser.add_argument("--tiny", action="store_true", help="a 2-layer, 64-wide model with vocab 1000 (for CI)")
     parser.add_argument("--n_layer", type=int, default=12)
     parser.add_argument("--n_embd", type=int, default=768)
+    parser.add_argument("--n_head", type=int, default=12)
     parser.add_argument("--dir", default=None, help="write the model here (default: a temporary directory)")
     args = parser.parse_args(argv)
     if args.tiny:
         config = GPTConfig(vocab_size=1000, block_size=64, n_layer=2, n_head=2, n_embd=64)
     else:
-        config = GPTConfig.from_preset("gpt2", n_layer=args.n_layer, n_embd=args.n_embd)
+        config = GPTConfig.from_preset("gpt2", n_layer=args.n_layer, n_embd=args.n_embd, n_head=args.n_head)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.dir or tmp) / "gpt2-random"
         weight_bytes = write_random_gpt2(path, config)

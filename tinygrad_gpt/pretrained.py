@@ -164,10 +164,10 @@ class _Unfilled(GPT):
 
 @contextlib.contextmanager
 def _no_random_draws():
-    """Layers built inside get uninitialised arrays instead of random ones (no draw, no page touched)."""
+    """Layers built inside get zeros instead of random draws (calloc'd: no page is touched until written)."""
 
     def empty(shape, dtype, device=None):
-        return backend.xp_for(device or backend.DEFAULT_DEVICE).empty(shape, dtype=dtype)
+        return backend.xp_for(device or backend.DEFAULT_DEVICE).zeros(shape, dtype=dtype)
 
     saved = {name: getattr(backend, name) for name in ("rand", "randn") if hasattr(backend, name)}
     for name in saved:
