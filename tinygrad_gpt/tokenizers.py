@@ -206,10 +206,12 @@ class BPETokenizer:
         self.token_bytes = list(token_bytes)
         self.merges = [tuple(m) for m in merges]
         self.eot_id = eot_id
-        self._byte_ids = [0] * 256
-        for i, tb in enumerate(self.token_bytes):
-            if len(tb) == 1 and i != eot_id:
-                self._byte_ids[tb[0]] = i
+        if not 0 <= eot_id < len(self.token_bytes):
+            raise ValueError(f"BPETokenizer: eot_id {eot_id} is not an id of the {len(self.token_bytes)} tokens")
+        byte_ids = {tb[0]: i for i, tb in enumerate(self.token_bytes) if len(tb) == 1 and i != eot_id}
+        if len(byte_ids) != 256:
+            raise ValueError(f"BPETokenizer: the vocabulary holds {len(byte_ids)} of the 256 single-byte tokens")
+        self._byte_ids = [byte_ids[b] for b in range(256)]
         self._ranks = {(a, b): rank for rank, (a, b, _) in enumerate(self.merges)}
         self._cache: dict[str, list[int]] = {}
 
