@@ -188,6 +188,21 @@ def test_checkpoint_directory_loads(tmp_path, tie):
         assert isinstance(tok, CharTokenizer) and tok.chars == list("abcd\n")
 
 
+@pytest.mark.parametrize("where", ["ckpt", "out_dir"])
+def test_checkpoint_with_bpe_files_gives_a_bpe_tokenizer(tmp_path, where):
+    tok = BPETokenizer.train("some text, some more text " * 20, 270)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    meta = {"model_config": dataclasses.asdict(model.config), "tokenizer": "bpe"}
+    ckpt = save_checkpoint(tmp_path / "ckpt_latest", model.state_dict(), None, meta)
+    tok.save_pretrained(ckpt if where == "ckpt" else tmp_path)
+    loaded = load_tokenizer(tmp_path)
+    assert isinstance(loaded, BPETokenizer) and loaded.merges == tok.merges
+    (ckpt / "vocab.json").unlink(missing_ok=True)
+    (tmp_path / "vocab.json").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=r"vocab\.json is missing"):
+        load_tokenizer(tmp_path)
+
+
 def test_checkpoint_written_by_train_cli_loads(tmp_path):
     data = tmp_path / "data.txt"
     data.write_text("hello there, tiny corpus. " * 400, encoding="utf-8")

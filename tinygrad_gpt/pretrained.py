@@ -396,9 +396,9 @@ def save_pretrained(model: GPT, path, tokenizer=None) -> None:
 def load_tokenizer(path) -> BPETokenizer | CharTokenizer:
     """The tokenizer of a Hugging Face directory, a checkpoint directory or an out_dir.
 
-    Looks, in order, for vocab.json + merges.txt (a BPETokenizer) in the directory and in its
-    checkpoint, then tinygrad_gpt_chars.json (a char model written by save_pretrained), then the
-    checkpoint's meta.json "vocab" (a CharTokenizer).
+    Looks for vocab.json + merges.txt (a BPETokenizer) in the checkpoint directory, then in `path`
+    itself (an out_dir may keep them once for all its checkpoints); then for tinygrad_gpt_chars.json
+    (a char model written by save_pretrained); then for the checkpoint's meta.json "vocab" (a CharTokenizer).
 
     Raises:
         ValueError naming what is missing.
@@ -411,11 +411,13 @@ def load_tokenizer(path) -> BPETokenizer | CharTokenizer:
     for place in places:
         if (place / "vocab.json").is_file() or (place / "merges.txt").is_file():
             return BPETokenizer.from_pretrained(place)
+    for place in places:
         if (place / CHARS).is_file():
             return CharTokenizer(_read_json(place / CHARS).get("chars", []))
         if (place / META).is_file():
             meta = _read_json(place / META)
             if isinstance(meta.get("vocab"), list):
                 return CharTokenizer(meta["vocab"])
-            raise ValueError(f"{place / META} has no 'vocab' and {place} has no vocab.json + merges.txt")
+            raise ValueError(f"{place / META} has no 'vocab', and neither {place} nor {path} holds vocab.json + "
+                             "merges.txt")
     raise ValueError(f"{path} has no tokenizer files (vocab.json + merges.txt, {CHARS}, or a checkpoint's {META})")
