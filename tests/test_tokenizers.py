@@ -60,7 +60,9 @@ def hf_trained(tmp_path_factory):
 
 def texts():
     """The texts every reference comparison runs on."""
-    return [SAMPLE, TRAIN_TEXT[:20_000], "", " ", "  ", "\n", "a", EOT, EOT + EOT, "x" * 300, "'s'S 'LL'll"]
+    long_word = "".join(c for c in TRAIN_TEXT[:8000] if c.isalpha())  # one long chunk: the heap path of encode
+    return [SAMPLE, TRAIN_TEXT[:20_000], "", " ", "  ", "\n", "a", EOT, EOT + EOT, "x" * 300, "'s'S 'LL'll",
+            long_word, "東京タワー日本語のテキスト" * 40]
 
 
 # ---------------------------------------------------------------- training and encoding vs references

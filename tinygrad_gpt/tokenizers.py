@@ -43,6 +43,7 @@ MERGES_HEADER = "#version: 0.2"
 _WHITE_SPACE = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
                 (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]  # fmt: skip
 _CACHE_LIMIT = 200_000  # chunks remembered by encode (their ids), cleared when full
+_LONG_CHUNK = 64  # bytes above which a chunk is merged with a heap (the simple loop is quadratic)
 
 
 # ---------------------------------------------------------------- tables
@@ -321,6 +322,8 @@ class BPETokenizer:
     def _bpe(self, data: bytes) -> list[int]:
         """One chunk's bytes -> ids: apply the lowest-ranked merge present until none is."""
         ids = [self._byte_ids[b] for b in data]
+        if len(ids) > _LONG_CHUNK:
+            return self._bpe_long(ids)
         ranks, never = self._ranks, len(self.merges)
         while len(ids) > 1:
             rank = min(ranks.get(pair, never) for pair in zip(ids, ids[1:]))
@@ -329,6 +332,27 @@ class BPETokenizer:
             a, b, new = self.merges[rank]
             ids = _merge_word(ids, a, b, new)
         return ids
+
+    def _bpe_long(self, ids: list[int]) -> list[int]:
+        """`_bpe` in O(n log n) for long chunks (text without spaces, such as Chinese): the symbols in a
+        linked list, candidate merges in a heap of (rank, position), stale entries skipped when popped."""
+        n, ranks = len(ids), self._ranks
+        nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+        heap = [(ranks[pair], i) for i, pair in enumerate(zip(ids, ids[1:])) if pair in ranks]
+        heapq.heapify(heap)
+        while heap:
+            rank, i = heapq.heappop(heap)
+            j = nxt[i]
+            if ids[i] < 0 or j >= n or ranks.get((ids[i], ids[j])) != rank:
+                continue  # i was merged away, or its pair changed since this entry was pushed
+            ids[i], ids[j] = self.merges[rank][2], -1  # -1 marks a symbol merged into its left neighbour
+            nxt[i] = nxt[j]
+            if nxt[i] < n:
+                prv[nxt[i]] = i
+            for left in (prv[i], i):  # the two pairs the new symbol is part of
+                if left >= 0 and nxt[left] < n and (r := ranks.get((ids[left], ids[nxt[left]]))) is not None:
+                    heapq.heappush(heap, (r, left))
+        return [t for t in ids if t >= 0]
 
     def encode_chunks(self, texts: Iterable[str], special: bool = True) -> Iterator[list[int]]:
         """Encode a text given in pieces (e.g. a file read 1 MB at a time) exactly as the whole text.
