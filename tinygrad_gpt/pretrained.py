@@ -164,7 +164,11 @@ class _Unfilled(GPT):
 
 @contextlib.contextmanager
 def _no_random_draws():
-    """Layers built inside get zeros instead of random draws (calloc'd: no page is touched until written)."""
+    """Layers built inside get zeros instead of random draws (calloc'd: no page is touched until written).
+
+    NOTE: this swaps backend.rand/randn for the duration of one constructor, so it is not thread-safe;
+    it also leaves the library's random stream where it was (loading draws nothing).
+    """
 
     def empty(shape, dtype, device=None):
         return backend.xp_for(device or backend.DEFAULT_DEVICE).zeros(shape, dtype=dtype)
