@@ -25,6 +25,8 @@ HOST_ONLY = {
     "tinygrad_gpt/safetensors.py": "reads and writes .safetensors files (host bytes <-> numpy arrays)",
     "tinygrad_gpt/checkpoint.py": "saves and restores checkpoints on disk (host arrays)",
     "tinygrad_gpt/cpu_kernels.py": "numba CPU kernels; used only for numpy arrays, each with a pure xp twin",
+    "tinygrad_gpt/tokenizers.py": "text <-> token ids on the host (ids as lists or host arrays)",
+    "tinygrad_gpt/pretrained.py": "reads and writes model files through host buffers (one tensor at a time)",
 }
 ARRAY_MODULES = ("numpy", "cupy", "cupyx")
 

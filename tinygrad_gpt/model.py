@@ -53,6 +53,7 @@ class GPTConfig:
     # 'sinusoidal': the fixed encodings of Vaswani et al.
     pos_encoding: str = _field("learned", "position encoding", choices=("learned", "sinusoidal"))
     tie_weights: bool = _field(True, "share the token embedding wte with the output layer (GPT-2)")
+    layer_norm_epsilon: float = _field(1e-5, "added to the variance in every LayerNorm (GPT-2's value)")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -67,6 +68,8 @@ class GPTConfig:
             value, choices = getattr(self, f.name), f.metadata["choices"]
             if choices and value not in choices:
                 raise ValueError(f"GPTConfig: {f.name} must be one of {choices}, got {value!r}")
+        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPTConfig: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
         for name in ("bias", "tie_weights"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
@@ -135,9 +138,9 @@ class Block(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -186,7 +189,7 @@ class GPT(Module):
         self.drop = Dropout(config.dropout)
         self.h = ModuleList(Block(config) for _ in range(config.n_layer))
         if config.norm == "pre":  # post-norm blocks already end in a LayerNorm (GPT-1 has no ln_f)
-            self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+            self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
         if not config.tie_weights:
             self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self._init_weights()
@@ -206,6 +209,25 @@ class GPT(Module):
     @property
     def device(self) -> str:
         return self.wte.weight.device
+
+    @classmethod
+    def from_pretrained(cls, path, device: str | None = None, dtype=None) -> GPT:
+        """A model, in eval mode, from a Hugging Face GPT-2 directory or a checkpoint written by tinygrad_gpt.train.
+
+        See `tinygrad_gpt.pretrained.load_pretrained` (which this calls) for what each directory holds.
+        """
+        from tinygrad_gpt.pretrained import load_pretrained
+
+        return load_pretrained(path, device=device, dtype=dtype)
+
+    def save_pretrained(self, path, tokenizer=None) -> None:
+        """Write a Hugging Face GPT-2 directory (config.json, model.safetensors, and the tokenizer's files).
+
+        See `tinygrad_gpt.pretrained.save_pretrained` (which this calls).
+        """
+        from tinygrad_gpt.pretrained import save_pretrained
+
+        save_pretrained(self, path, tokenizer)
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None) -> tuple[Tensor, Tensor | None]:
         """Next-token logits for every position, and the mean cross-entropy when targets are given.
