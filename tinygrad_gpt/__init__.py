@@ -20,7 +20,7 @@ from tinygrad_gpt import backend  # noqa: F401  (chooses and checks the array ba
 
 # NOTE: imported at once because the function shares its module's name: importing the module later
 # would rebind `tinygrad_gpt.gradcheck` to the module (gradcheck.py imports no Tensor, so this is light)
-from tinygrad_gpt.gradcheck import gradcheck
+from tinygrad_gpt.gradcheck import gradcheck  # noqa: F401  (a public name)
 
 __version__ = "0.1.0"
 

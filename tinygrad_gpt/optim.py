@@ -44,7 +44,8 @@ def adamw_update_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weigh
     bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
     k = kernels.find("adamw_", param, grad, exp_avg, exp_avg_sq)
     if k:  # one (multi-threaded) pass instead of 13 whole-array operations
-        k(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt)
+        k(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          bias_correction1, bias_correction2_sqrt)
         return
     if weight_decay != 0.0:
         param *= 1.0 - lr * weight_decay
