@@ -107,3 +107,22 @@ def test_public_names_import_from_the_package():
     assert set(tinygrad_gpt.__all__) <= set(dir(tinygrad_gpt))
     for name in tinygrad_gpt.__all__:
         assert getattr(tinygrad_gpt, name) is not None, name
+
+
+def test_every_public_tensor_method_and_primitive_function_says_what_it_does():
+    import inspect
+
+    from tinygrad_gpt import Tensor, ops
+    from tinygrad_gpt.autograd import Function
+    from tinygrad_gpt.nn import functional
+
+    public = [name for name in dir(Tensor) if not name.startswith("_")]
+    assert {"sum", "mean", "reshape", "backward", "exp"} <= set(public)
+    undocumented = [name for name in public if not inspect.getdoc(getattr(Tensor, name))]
+    assert not undocumented, f"Tensor methods without a docstring: {undocumented}"
+    assert "axis" in Tensor.sum.__doc__ and "keepdims" in Tensor.sum.__doc__
+    for module in (ops, functional):
+        functions = [c for c in vars(module).values()
+                     if isinstance(c, type) and issubclass(c, Function) and c is not Function]
+        assert len(functions) >= 7
+        assert not [c.__name__ for c in functions if not c.__doc__], f"{module.__name__}: Functions without a docstring"

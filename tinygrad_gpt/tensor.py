@@ -62,7 +62,13 @@ def _comparison(compare, symbol: str):
 class Tensor:
     """An n-dimensional array that records the operations applied to it for reverse-mode autograd."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __slots__ = {  # name -> what help() shows
+        "data": "The values: a numpy array, or a cupy array on the GPU.",
+        "grad": "The gradient backward() accumulated (a Tensor of this shape), or None.",
+        "requires_grad": "Whether backward() computes a gradient for this tensor.",
+        "_ctx": "The Function that made this tensor, while the graph is recorded (None for leaves).",
+        "__weakref__": None,
+    }
     __array_priority__ = 1000  # so `ndarray + Tensor` calls Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
