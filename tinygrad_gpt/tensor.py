@@ -17,7 +17,7 @@ from tinygrad_gpt.backend import get_default_dtype, set_default_dtype
 __all__ = ["Function", "Tensor", "cat", "get_default_dtype", "is_grad_enabled", "matmul", "no_grad",
            "set_default_dtype", "stack", "where"]
 
-# ---------------------------------------------------------------- Tensor
+# ---------------------------------------------------------------- method factories (operators, elementwise)
 
 
 def _binary(function, name: str, to_float: bool = False) -> tuple:
@@ -33,7 +33,8 @@ def _binary(function, name: str, to_float: bool = False) -> tuple:
     def reflected(self, other):
         return function.apply(*(_float_operands if to_float else _operands)(other, self, name))
 
-
+    stem = "truediv" if name == "div" else name  # the name in error messages is the short one
+    method.__name__, reflected.__name__ = f"__{stem}__", f"__r{stem}__"
     method.__doc__ = f"Elementwise {name} of self and other (broadcasting); other may be a number or an array."
     reflected.__doc__ = f"Elementwise {name} of other and self (broadcasting), for `number op tensor`."
     return method, reflected
@@ -57,6 +58,9 @@ def _comparison(compare, symbol: str):
 
     method.__doc__ = f"Elementwise {symbol}, a boolean tensor without gradient."
     return method
+
+
+# ---------------------------------------------------------------- Tensor
 
 
 class Tensor:
