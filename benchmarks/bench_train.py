@@ -60,7 +60,7 @@ def make_batches(cfg: dict, seed: int) -> list:
 def numba_kernels_enabled() -> bool:
     """Whether tinygrad_gpt's optional numba CPU kernels are in use (TINYGRAD_GPT_NUMBA=0 turns them off)."""
     try:
-        from tinygrad_gpt import cpu_kernels
+        from tinygrad_gpt.kernels import cpu as cpu_kernels
     except ImportError:
         return False
     return bool(getattr(cpu_kernels, "enabled", False))

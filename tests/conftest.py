@@ -23,7 +23,7 @@ if os.environ.get("TINYGRAD_GPT_TEST_FAKE_CUPY") == "1":  # CuPy's CPU stand-in,
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 import tinygrad_gpt  # noqa: E402
-from tinygrad_gpt import tensor as _tensor  # noqa: E402
+from tinygrad_gpt import autograd as _autograd  # noqa: E402
 
 # Gradient checks are slow-ish and their speed varies: no deadline, few examples (the suite must
 # run in minutes on 2 cores). Our function-scoped fixtures only set global flags, so reusing them
@@ -42,10 +42,10 @@ settings.load_profile("tinygrad_gpt")
 @pytest.fixture(autouse=True)
 def _restore_global_state():
     """Undo a test's change of the default dtype or grad mode, so tests cannot leak into each other."""
-    dtype, grad = tinygrad_gpt.get_default_dtype(), _tensor._grad_enabled
+    dtype, grad = tinygrad_gpt.get_default_dtype(), _autograd._grad_enabled
     yield
     tinygrad_gpt.set_default_dtype(dtype)
-    _tensor._grad_enabled = grad
+    _autograd._grad_enabled = grad
 
 
 @pytest.fixture

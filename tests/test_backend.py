@@ -24,7 +24,7 @@ HOST_ONLY = {
     "tinygrad_gpt/data.py": "loads the text corpus and token files from disk (host arrays)",
     "tinygrad_gpt/safetensors.py": "reads and writes .safetensors files (host bytes <-> numpy arrays)",
     "tinygrad_gpt/checkpoint.py": "saves and restores checkpoints on disk (host arrays)",
-    "tinygrad_gpt/cpu_kernels.py": "numba CPU kernels; used only for numpy arrays, each with a pure xp twin",
+    "tinygrad_gpt/kernels/cpu.py": "numba CPU kernels; used only for numpy arrays, each with a pure xp twin",
     "tinygrad_gpt/tokenizers.py": "text <-> token ids on the host (ids as lists or host arrays)",
     "tinygrad_gpt/pretrained.py": "reads and writes model files through host buffers (one tensor at a time)",
 }

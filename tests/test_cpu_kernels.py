@@ -5,23 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygrad_gpt import Tensor, cpu_kernels
+from tinygrad_gpt import Tensor, kernels
+from tinygrad_gpt.kernels import cpu
 from tinygrad_gpt.nn import functional as F
 
-pytestmark = pytest.mark.skipif(not cpu_kernels.AVAILABLE, reason="numba not installed: only the NumPy path exists")
+pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed: only the NumPy path exists")
 
 
 @pytest.fixture(autouse=True)
 def _kernels_even_for_tiny_arrays(monkeypatch):
     """The test arrays are small: make the kernels run on them (normally only large arrays use them)."""
-    monkeypatch.setattr(cpu_kernels, "min_size", 0)
+    monkeypatch.setattr(cpu, "min_size", 0)
 
 
 def _run_both(fn, *arrays, dtype):
     """fn's output and input gradients with the numba kernels on and off."""
     results = []
     for enabled in (True, False):
-        cpu_kernels.enabled = enabled
+        cpu.enabled = enabled
         try:
             inputs = [Tensor(a, requires_grad=True, dtype=dtype) for a in arrays]
             out = fn(*inputs)
@@ -29,7 +30,7 @@ def _run_both(fn, *arrays, dtype):
             (out * Tensor(w, dtype=dtype)).sum().backward()
             results.append([out.numpy()] + [t.grad.numpy() for t in inputs])
         finally:
-            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+            cpu.enabled = cpu.AVAILABLE
     return results
 
 
@@ -66,25 +67,22 @@ def test_adamw_kernel_matches_numpy_update(dtype, tol):
     grad = rng.standard_normal(1000).astype(dtype)
     results = []
     for enabled in (True, False):
-        cpu_kernels.enabled = enabled
+        cpu.enabled = enabled
         try:
             param, exp_avg, exp_avg_sq = (a.copy() for a in start)
             for step in (1, 2, 3):
                 adamw_update_(param, grad.copy(), exp_avg, exp_avg_sq, 1e-2, 0.9, 0.99, 1e-8, 0.1, step)
             results.append((param, exp_avg, exp_avg_sq))
         finally:
-            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+            cpu.enabled = cpu.AVAILABLE
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
 def test_float32_gelu_and_softmax_kernels_are_accurate_over_a_wide_range():
-    from tinygrad_gpt import ops
-
     x = np.linspace(-60, 60, 20001).astype(np.float32)
-    y, gx = np.empty_like(x), np.empty_like(x)
-    cpu_kernels.gelu_forward(x, y, ops._gelu_constants(x.dtype))
-    cpu_kernels.gelu_backward(np.ones_like(x), x, gx, ops._gelu_constants(x.dtype))
+    y = cpu.gelu_forward(x)
+    gx = cpu.gelu_backward(np.ones_like(x), x)
     x64 = x.astype(np.float64)
     t_ref = np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3))
     dinner = np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x64**2)
@@ -95,7 +93,7 @@ def test_float32_gelu_and_softmax_kernels_are_accurate_over_a_wide_range():
 
     scores = np.linspace(-200, 200, 4 * 64).astype(np.float32).reshape(1, 4, 64)
     att = scores.copy()
-    cpu_kernels.attention_softmax_(att, np.float32(0.5), False)
+    cpu.attention_softmax_(att, 0.5, False)
     e = np.exp(0.5 * (scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)))
     np.testing.assert_allclose(att, e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-7)
 
@@ -108,12 +106,46 @@ def test_gelu_kernel_backward_takes_broadcast_and_transposed_gradients(consumer)
     x = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
     grads = []
     for enabled in (True, False):
-        cpu_kernels.enabled = enabled
+        cpu.enabled = enabled
         try:
             t = Tensor(x, requires_grad=True)
             y = F.gelu(t)
             (y.sum() if consumer == "sum" else (y.T * Tensor(np.arange(64.0))).sum()).backward()
             grads.append(t.grad.numpy())
         finally:
-            cpu_kernels.enabled = cpu_kernels.AVAILABLE
+            cpu.enabled = cpu.AVAILABLE
     np.testing.assert_allclose(grads[0], grads[1], rtol=2e-5, atol=2e-5 * np.abs(grads[1]).max())
+
+
+def test_find_gives_the_kernel_only_for_arrays_it_was_written_for(monkeypatch):
+    x = np.ones((64, 40), np.float32)
+    assert kernels.find("gelu_forward", x) is cpu.gelu_forward
+    assert kernels.find("layer_norm_forward", x, np.ones(40, np.float32), np.ones(40, np.float32))
+    assert kernels.find("gelu_forward", x[:, ::2]) is None, "a strided view"
+    assert kernels.find("gelu_forward", x.astype(np.int64)) is None, "an integer array"
+    assert kernels.find("gelu_forward", x.astype(np.float16)) is None, "float16 has no numba kernel"
+    assert kernels.find("gelu_backward", x, x.astype(np.float64)) is None, "mixed dtypes"
+    assert kernels.find("softmax_cross_entropy_forward", x) is None, "no CPU kernel of that name"
+    monkeypatch.setattr(cpu, "min_size", x.size + 1)
+    assert kernels.find("gelu_forward", x) is None, "too small to be worth the threads"
+    monkeypatch.setattr(cpu, "min_size", 0)
+    monkeypatch.setattr(cpu, "enabled", False)
+    assert kernels.find("gelu_forward", x) is None, "turned off"
+
+
+def test_gelu_backward_after_the_kernels_are_turned_off_recomputes_what_the_forward_kernel_kept_not():
+    x = np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)
+    t = Tensor(x, requires_grad=True)
+    y = F.gelu(t)  # the kernel path: keeps no tanh for backward
+    cpu.enabled = False
+    try:
+        y.sum().backward()
+    finally:
+        cpu.enabled = cpu.AVAILABLE
+    reference = Tensor(x, requires_grad=True)
+    cpu.enabled = False
+    try:
+        F.gelu(reference).sum().backward()
+    finally:
+        cpu.enabled = cpu.AVAILABLE
+    np.testing.assert_allclose(t.grad.numpy(), reference.grad.numpy(), rtol=1e-5, atol=1e-6)

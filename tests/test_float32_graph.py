@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinygrad_gpt import backend, cpu_kernels, manual_seed
+from tinygrad_gpt import backend, manual_seed
+from tinygrad_gpt.autograd import toposort
+from tinygrad_gpt.kernels import cpu as cpu_kernels
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.tensor import _toposort
 
 
 def _saved_arrays(ctx):
@@ -31,7 +32,7 @@ def test_every_array_saved_in_a_training_step_is_float32_or_integer(kernels, mon
     idx, targets = rng.integers(0, 11, size=(2, 8)), rng.integers(0, 11, size=(2, 8))
     logits, loss = model(idx, targets)
     checked = 0
-    for t in _toposort(loss):
+    for t in toposort(loss):
         assert t.dtype in (np.float32,), f"{type(t._ctx).__name__ if t._ctx else 'leaf'} output is {t.dtype}"
         if t._ctx is None:
             continue

@@ -1,7 +1,7 @@
-"""The fused CuPy kernels (gpu_kernels) give the NumPy path's results on the same inputs.
+"""The fused CuPy kernels (kernels/cuda.py) give the NumPy path's results on the same inputs.
 
-The comparisons need CuPy and an NVIDIA GPU and skip without them. That importing gpu_kernels
-needs no CuPy, and that `use()` turns host arrays away, is checked everywhere.
+The comparisons need CuPy and an NVIDIA GPU and skip without them. That importing the kernels
+needs no CuPy, and that `kernels.find` never hands a CUDA kernel host arrays, is checked everywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import pytest
 
 import tinygrad_gpt
 from helpers import requires_real_gpu, tensor_on
-from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
+from tinygrad_gpt import backend, kernels
+from tinygrad_gpt.kernels import cpu as cpu_kernels
+from tinygrad_gpt.kernels import cuda as gpu_kernels
 from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.optim import adamw_update_
 
@@ -36,20 +38,22 @@ def _run_python(code: str, **env) -> str:
 # ---------------------------------------------------------------- everywhere, GPU or not
 
 
-def test_importing_gpu_kernels_imports_no_cupy_and_host_arrays_are_not_used():
-    out = _run_python("import sys; import numpy as np; from tinygrad_gpt import gpu_kernels as g; "
-                      "print('cupy' in sys.modules, g.use(np.ones(3, np.float32)))")
-    assert out == "False False", out
+def test_importing_the_kernels_imports_no_cupy_and_host_arrays_get_no_cuda_kernel():
+    out = _run_python("import sys; import numpy as np; from tinygrad_gpt import kernels; "
+                      "print('cupy' in sys.modules, kernels.find('softmax_cross_entropy_forward', "
+                      "np.ones((3, 3), np.float32)))")
+    assert out == "False None", out
 
 
 def test_env_var_turns_the_kernels_off():
-    assert _run_python("from tinygrad_gpt import gpu_kernels as g; print(g.enabled)",
+    assert _run_python("from tinygrad_gpt.kernels import cuda; print(cuda.enabled)",
                        TINYGRAD_GPT_GPU_KERNELS="0") == "False"
 
 
-def test_use_is_false_for_host_arrays_and_non_arrays():
-    for x in (np.ones(3, np.float32), np.ones((2, 2)), np.float32(1.0), 2.0, [1.0], None):
-        assert not gpu_kernels.use(x), f"use() accepted {x!r}"
+def test_no_cuda_kernel_for_host_arrays(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "enabled", False)  # else the numba twin would be found for large arrays
+    for x in (np.ones(3, np.float32), np.ones((2, 2)), np.ones((300, 300), np.float32)):
+        assert kernels.find("gelu_forward", x) is None, f"find() gave a kernel for {x!r}"
 
 
 def test_kernels_reject_host_arrays_with_a_clear_error():
@@ -99,13 +103,16 @@ def _forward_backward(fn, arrays, gy, dtype):
 
 
 @requires_real_gpu
-def test_use_takes_contiguous_gpu_floats_only(monkeypatch):
+def test_find_takes_contiguous_gpu_floats_only(monkeypatch):
     x = _gpu(np.ones((4, 6), np.float32))
-    assert gpu_kernels.use(x) and gpu_kernels.use(x.astype(np.float16))
-    assert not gpu_kernels.use(x[:, ::2]), "a strided view"
-    assert not gpu_kernels.use(x.astype(np.int64)), "an integer array"
+    assert kernels.find("gelu_forward", x) is gpu_kernels.gelu_forward
+    assert kernels.find("gelu_forward", x.astype(np.float16)) is gpu_kernels.gelu_forward
+    assert kernels.find("gelu_forward", x[:, ::2]) is None, "a strided view"
+    assert kernels.find("gelu_forward", x.astype(np.int64)) is None, "an integer array"
+    assert kernels.find("gelu_backward", x, x.astype(np.float64)) is None, "mixed dtypes"
+    assert kernels.find("gelu_backward", x, np.ones((4, 6), np.float32)) is None, "a host array among them"
     monkeypatch.setattr(gpu_kernels, "enabled", False)
-    assert not gpu_kernels.use(x), "turned off"
+    assert kernels.find("gelu_forward", x) is None, "turned off"
 
 
 @requires_real_gpu
@@ -113,13 +120,11 @@ def test_use_takes_contiguous_gpu_floats_only(monkeypatch):
 def test_gelu(dtype, tol, numpy_path):
     rng = np.random.default_rng(0)
     x, gy = (rng.standard_normal((3, 5, 7)) * 3).astype(dtype), rng.standard_normal((3, 5, 7)).astype(dtype)
-    y, t = gpu_kernels.gelu_forward(_gpu(x))
-    gx = gpu_kernels.gelu_backward(_gpu(gy), _gpu(x), t)
+    y = gpu_kernels.gelu_forward(_gpu(x))
+    gx = gpu_kernels.gelu_backward(_gpu(gy), _gpu(x))
     rd = _ref_dtype(dtype)
     want_y, (want_gx,) = _forward_backward(F.gelu, [x], gy, rd)
-    x64 = x.astype(np.float64)
     _assert_close(y, want_y, dtype, tol, "y")
-    _assert_close(t, np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)), dtype, tol, "saved tanh")
     _assert_close(gx, want_gx, dtype, tol, "gx")
 
 

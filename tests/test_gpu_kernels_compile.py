@@ -1,4 +1,4 @@
-"""The CUDA kernels of gpu_kernels.py compile with NVRTC exactly as CuPy builds them, and no GPU is needed.
+"""The CUDA kernels of kernels/cuda.py compile with NVRTC exactly as CuPy builds them, and no GPU is needed.
 
 tests/test_gpu_kernels.py runs the kernels and compares them with the NumPy path, but only where a GPU
 exists. This file checks, on any machine with CuPy and NVRTC installed (CI installs both), what can be
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import FAKE_CUPY
-from tinygrad_gpt import gpu_kernels
+from tinygrad_gpt.kernels import cuda as gpu_kernels
 
 if FAKE_CUPY:
     pytest.skip("tests/fake_cupy.py stands in for CuPy: its kernel compiler is not there", allow_module_level=True)
@@ -107,7 +107,7 @@ def kernel_signatures() -> dict[str, list[str]]:
 
 
 def launches() -> list[tuple[str, list[ast.expr]]]:
-    """(kernel name, argument expressions) of every row-kernel launch in gpu_kernels.py."""
+    """(kernel name, argument expressions) of every row-kernel launch in kernels/cuda.py."""
     found = []
     for node in ast.walk(ast.parse(inspect.getsource(gpu_kernels))):
         if not isinstance(node, ast.Call):

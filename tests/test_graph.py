@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinygrad_gpt import Tensor, backend, cat, gradcheck, no_grad, stack, where
-from tinygrad_gpt.tensor import Function, is_grad_enabled
+from tinygrad_gpt.autograd import Function, is_grad_enabled
 
 F64 = np.float64
 rng = np.random.default_rng(0)

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tinygrad_gpt import Tensor, cat, gradcheck, matmul, stack, where
+from tinygrad_gpt.autograd import Function
 from tinygrad_gpt.gradcheck import GradcheckError
-from tinygrad_gpt.tensor import Function
 
 F64 = np.float64
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)

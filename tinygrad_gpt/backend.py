@@ -109,6 +109,11 @@ def is_array(x) -> bool:
     return isinstance(x, np.ndarray) or _is_cupy_array(x)
 
 
+def is_host_array(x) -> bool:
+    """Whether `x` is a NumPy array (cheaper than device_of(x) == 'cpu', and False for scalars)."""
+    return isinstance(x, np.ndarray)
+
+
 def check_same_device(arrays, op_name: str) -> None:
     """Raise a clear error when an op mixes CPU and GPU arrays."""
     if _cupy is None:
@@ -161,6 +166,56 @@ def is_float(dtype) -> bool:
     return np.dtype(dtype).kind == "f"
 
 
+_default_float = FLOAT_DTYPES[1]  # float32; read by Tensor creation, set by set_default_dtype
+
+
+def set_default_dtype(dtype) -> None:
+    """Set the float dtype of new tensors (float32 by default; float64 for gradient checks)."""
+    global _default_float
+    dtype = as_dtype(dtype)
+    if not is_float(dtype):
+        raise TypeError(f"the default dtype must be a float dtype, got {dtype}")
+    _default_float = dtype
+
+
+def get_default_dtype() -> np.dtype:
+    """The float dtype of new tensors."""
+    return _default_float
+
+
+# ---------------------------------------------------------------- indexing
+
+
+def check_index_in_range(array, index) -> None:
+    """Raise IndexError for an out-of-range integer-array index into a CuPy `array`, as NumPy does.
+
+    CuPy wraps such indices around silently (NumPy raises), so tensors on the GPU check here. Costs
+    one host sync per integer array in `index` (none for slices and ints, which CuPy checks); a
+    no-op for NumPy arrays.
+    """
+    if not _is_cupy_array(array):
+        return
+    shape = array.shape
+    parts = index if isinstance(index, tuple) else (index,)
+    is_mask = [is_array(p) and p.dtype == bool for p in parts]
+    consumed = sum(p.ndim if m else p is not None and p is not Ellipsis for p, m in zip(parts, is_mask))
+    axis = 0
+    for p, mask in zip(parts, is_mask):
+        if p is Ellipsis:
+            axis += len(shape) - consumed
+        elif p is not None:
+            if isinstance(p, list):
+                p = np.asarray(p)  # a host list: checked on the host, no sync
+            if is_array(p) and p.dtype.kind in "iu" and p.size:
+                size = shape[axis] if axis < len(shape) else 0
+                out_of_range = (p < -size) | (p >= size)
+                if bool(out_of_range.any()):
+                    bad = int(p[out_of_range].ravel()[0])
+                    raise IndexError(f"index {bad} is out of range for axis {axis} of size {size} "
+                                     f"(on the GPU CuPy would wrap it around silently)")
+            axis += p.ndim if mask else 1
+
+
 # ---------------------------------------------------------------- device-specific kernels
 
 
@@ -186,6 +241,17 @@ def memory_stats() -> dict:
         return {}
     pool = _cupy.get_default_memory_pool()
     return {"used_bytes": pool.used_bytes(), "total_bytes": pool.total_bytes()}
+
+
+def enable_tf32() -> None:
+    """Let CuPy's float32 matmuls run on TF32 tensor cores (about 10 mantissa bits, much faster).
+
+    Sets CUPY_TF32=1, which CuPy reads once, at its first float32 matmul; it has no effect after
+    that, so call it before any tensor math, best before `tinygrad_gpt` is imported.
+    Unverified (no GPU so far): CuPy's source suggests its 2-D matmul honours CUPY_TF32 but its
+    batched (3-D and up) matmul may not, which would leave attention's matmuls in full float32.
+    """
+    os.environ["CUPY_TF32"] = "1"
 
 
 def device_name(device: str | None = None) -> str:

@@ -1,18 +1,17 @@
 """Primitive differentiable Functions: forward and backward on raw arrays (numpy or cupy).
 
 Each backward returns one gradient per input, possibly still broadcast to the output's shape;
-the engine (tensor.py) sums it back to the input's shape. Gradients are never modified in place
+the engine (autograd.py) sums it back to the input's shape. Gradients are never modified in place
 (an array may be shared between several inputs' gradients).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 
-from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
-from tinygrad_gpt.tensor import Function
+from tinygrad_gpt import backend, kernels
+from tinygrad_gpt.autograd import Function
 
 xp_of = backend.get_array_module
 
@@ -20,6 +19,8 @@ xp_of = backend.get_array_module
 
 
 class Add(Function):
+    """a + b (broadcasting)."""
+
     def forward(self, a, b):
         return a + b
 
@@ -28,6 +29,8 @@ class Add(Function):
 
 
 class Sub(Function):
+    """a - b (broadcasting)."""
+
     def forward(self, a, b):
         return a - b
 
@@ -36,6 +39,8 @@ class Sub(Function):
 
 
 class Mul(Function):
+    """a * b (broadcasting)."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a * b
@@ -47,6 +52,8 @@ class Mul(Function):
 
 
 class Div(Function):
+    """a / b (broadcasting)."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a / b
@@ -58,6 +65,8 @@ class Div(Function):
 
 
 class Pow(Function):
+    """a ** b (broadcasting); the gradient w.r.t. b is 0 where a == 0."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         self.y = a**b
@@ -75,6 +84,8 @@ class Pow(Function):
 
 
 class Maximum(Function):
+    """Elementwise max(a, b); ties split the gradient evenly."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return xp_of(a).maximum(a, b)
@@ -85,6 +96,8 @@ class Maximum(Function):
 
 
 class Minimum(Function):
+    """Elementwise min(a, b); ties split the gradient evenly."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return xp_of(a).minimum(a, b)
@@ -101,6 +114,8 @@ def _tie_split(gy, a_wins, tie):
 
 
 class MatMul(Function):
+    """a @ b with NumPy's rules: batched, broadcasting leading axes, 1-D operands."""
+
     def forward(self, a, b):
         self.a, self.b = a, b
         return a @ b
@@ -130,6 +145,8 @@ class MatMul(Function):
 
 
 class Neg(Function):
+    """-x."""
+
     def forward(self, x):
         return -x
 
@@ -138,6 +155,8 @@ class Neg(Function):
 
 
 class Exp(Function):
+    """e ** x; backward reuses the output."""
+
     def forward(self, x):
         self.y = xp_of(x).exp(x)
         return self.y
@@ -147,6 +166,8 @@ class Exp(Function):
 
 
 class Log(Function):
+    """natural logarithm."""
+
     def forward(self, x):
         self.x = x
         return xp_of(x).log(x)
@@ -156,6 +177,8 @@ class Log(Function):
 
 
 class Sqrt(Function):
+    """square root; backward reuses the output."""
+
     def forward(self, x):
         self.y = xp_of(x).sqrt(x)
         return self.y
@@ -165,6 +188,8 @@ class Sqrt(Function):
 
 
 class Tanh(Function):
+    """hyperbolic tangent; backward reuses the output."""
+
     def forward(self, x):
         self.y = xp_of(x).tanh(x)
         return self.y
@@ -174,6 +199,8 @@ class Tanh(Function):
 
 
 class Sigmoid(Function):
+    """1 / (1 + e ** -x), computed as 0.5 (1 + tanh(x / 2)) so it never overflows."""
+
     def forward(self, x):
         xp = xp_of(x)
         # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))
@@ -185,6 +212,8 @@ class Sigmoid(Function):
 
 
 class Relu(Function):
+    """max(x, 0); the kink at 0 gets gradient 0."""
+
     def forward(self, x):
         self.y = xp_of(x).maximum(x, 0)
         return self.y
@@ -201,39 +230,29 @@ class Gelu(Function):
     """GPT-2's GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
 
     def forward(self, x):
-        xp = xp_of(x)
         self.x = x
-        if cpu_kernels.use(x):  # one fused multi-threaded pass; backward recomputes tanh
+        k = kernels.find("gelu_forward", x)
+        if k:  # one fused pass; backward recomputes tanh instead of keeping it
             self.t = None
-            y = xp.empty_like(x)
-            cpu_kernels.gelu_forward(x.reshape(-1), y.reshape(-1), _gelu_constants(x.dtype))
-            return y
-        if gpu_kernels.use(x):  # one CUDA kernel
-            y, self.t = gpu_kernels.gelu_forward(x)
-            return y
-        self.t = xp.tanh(GELU_C * (x + 0.044715 * x * x * x))
+            return k(x)
+        self.t = xp_of(x).tanh(GELU_C * (x + 0.044715 * x * x * x))
         return 0.5 * x * (1 + self.t)
 
     def backward(self, gy):
-        x = self.x
-        if self.t is None:  # forward ran the kernel and kept no tanh: backward recomputes it
-            gy = xp_of(gy).ascontiguousarray(gy, dtype=x.dtype)  # e.g. a broadcast gradient from sum()
-            gx = xp_of(gy).empty_like(x)
-            cpu_kernels.gelu_backward(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), _gelu_constants(x.dtype))
-            return gx
-        t = self.t
-        if gpu_kernels.use(gy) and gpu_kernels.use(x) and gy.dtype == x.dtype:
-            return gpu_kernels.gelu_backward(gy, x, t)
+        x, t = self.x, self.t
+        if t is None:  # forward ran a kernel: the backward kernel fits too, unless it was switched off since
+            gy = xp_of(gy).ascontiguousarray(gy)  # e.g. a broadcast gradient from sum()
+            k = kernels.find("gelu_backward", gy, x)
+            if k:
+                return k(gy, x)
+            t = xp_of(x).tanh(GELU_C * (x + 0.044715 * x * x * x))
         dinner = GELU_C * (1 + 3 * 0.044715 * x * x)
         return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * dinner)
 
 
-@functools.lru_cache(maxsize=4)
-def _gelu_constants(dtype):
-    return backend.asarray([GELU_C, 0.044715, 0.5, 1.0], dtype=dtype, device="cpu")
-
-
 class Abs(Function):
+    """|x|; the kink at 0 gets gradient 0."""
+
     def forward(self, x):
         self.x = x
         return xp_of(x).abs(x)
@@ -244,6 +263,8 @@ class Abs(Function):
 
 
 class Clip(Function):
+    """x limited to [lo, hi] (either may be None); gradient 1 inside, 0 outside."""
+
     def forward(self, x, lo=None, hi=None):
         self.x, self.lo, self.hi = x, lo, hi
         return xp_of(x).clip(x, lo, hi)
@@ -258,6 +279,8 @@ class Clip(Function):
 
 
 class Cast(Function):
+    """x as another dtype; the gradient goes back to x's dtype."""
+
     def forward(self, x, dtype=None):
         self.in_dtype = x.dtype
         return x.astype(dtype)
@@ -267,6 +290,8 @@ class Cast(Function):
 
 
 class ToDevice(Function):
+    """x copied to another device; the gradient goes back to x's device."""
+
     def forward(self, x, device=None):
         self.in_device = backend.device_of(x)
         return backend.to_device(x, device)
@@ -279,6 +304,8 @@ class ToDevice(Function):
 
 
 class Sum(Function):
+    """Sum over `axis` (a tuple of axes), keeping them as size 1 when `keepdims`."""
+
     def forward(self, x, axis=None, keepdims=False):
         self.in_shape, self.axis, self.keepdims = x.shape, axis, keepdims
         return x.sum(axis=axis, keepdims=keepdims)
@@ -291,6 +318,8 @@ class Sum(Function):
 
 
 class Max(Function):
+    """Max over `axis` (a tuple of axes), keeping them as size 1 when `keepdims`; ties share the gradient."""
+
     def forward(self, x, axis=None, keepdims=False):
         self.x, self.axis, self.keepdims = x, axis, keepdims
         self.y = x.max(axis=axis, keepdims=True)
@@ -309,6 +338,8 @@ class Max(Function):
 
 
 class Reshape(Function):
+    """x with a new shape of the same size."""
+
     def forward(self, x, shape=None):
         self.in_shape = x.shape
         return x.reshape(shape)
@@ -318,6 +349,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    """x with its axes reordered (`axes` is a permutation)."""
+
     def forward(self, x, axes=None):
         self.axes = axes
         return x.transpose(axes)
@@ -330,6 +363,8 @@ class Permute(Function):
 
 
 class Expand(Function):
+    """x broadcast to `shape`; the engine sums the gradient back."""
+
     def forward(self, x, shape=None):
         return xp_of(x).broadcast_to(x, shape)
 
@@ -338,10 +373,11 @@ class Expand(Function):
 
 
 class GetItem(Function):
+    """x[index] with NumPy's indexing rules; backward scatters the gradient back (repeated indices add)."""
+
     def forward(self, x, index=None):
         self.in_shape, self.index = x.shape, index
-        if backend.device_of(x) == "cuda":
-            _check_int_indices_in_range(x.shape, index)
+        backend.check_index_in_range(x, index)  # CuPy would wrap an out-of-range index around
         return x[index]
 
     def backward(self, gy):
@@ -354,37 +390,14 @@ class GetItem(Function):
         return gx
 
 
-def _check_int_indices_in_range(shape: tuple, index) -> None:
-    """Raise IndexError for an out-of-range integer-array index, as NumPy does; CuPy would wrap it around.
-
-    Costs one host sync per integer array in `index` (none for slices and ints, which CuPy checks).
-    """
-    parts = index if isinstance(index, tuple) else (index,)
-    is_mask = [backend.is_array(p) and p.dtype == bool for p in parts]
-    consumed = sum(p.ndim if m else p is not None and p is not Ellipsis for p, m in zip(parts, is_mask))
-    axis = 0
-    for p, mask in zip(parts, is_mask):
-        if p is Ellipsis:
-            axis += len(shape) - consumed
-        elif p is not None:
-            if isinstance(p, list):
-                p = backend.xp_for("cpu").asarray(p)  # a host list: checked on the host, no sync
-            if backend.is_array(p) and p.dtype.kind in "iu" and p.size:
-                size = shape[axis] if axis < len(shape) else 0
-                out_of_range = (p < -size) | (p >= size)
-                if bool(out_of_range.any()):
-                    bad = int(p[out_of_range].ravel()[0])
-                    raise IndexError(f"index {bad} is out of range for axis {axis} of size {size} "
-                                     f"(on the GPU CuPy would wrap it around silently)")
-            axis += p.ndim if mask else 1
-
-
 def _has_int_array(index) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
     return any(backend.is_array(p) and p.dtype.kind in "iu" or isinstance(p, list) for p in parts)
 
 
 class Cat(Function):
+    """Inputs joined along an existing axis."""
+
     def forward(self, *xs, axis=0):
         self.axis = axis
         self.sizes = [x.shape[axis] for x in xs]
@@ -397,6 +410,8 @@ class Cat(Function):
 
 
 class Where(Function):
+    """a where `cond` is true, b elsewhere (`cond` is a constant boolean array)."""
+
     def forward(self, a, b, cond=None):
         self.cond = cond
         return xp_of(a).where(cond, a, b)
@@ -413,6 +428,8 @@ class Where(Function):
 
 
 class Softmax(Function):
+    """exp(x) / sum(exp(x)) along `axis`, with the max subtracted first; backward reuses the output."""
+
     def forward(self, x, axis=-1):
         xp = xp_of(x)
         self.axis = axis
@@ -426,6 +443,8 @@ class Softmax(Function):
 
 
 class LogSoftmax(Function):
+    """x - log(sum(exp(x))) along `axis`, computed stably."""
+
     def forward(self, x, axis=-1):
         xp = xp_of(x)
         self.axis = axis

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad_gpt import backend, cpu_kernels, gpu_kernels
+from tinygrad_gpt import backend, kernels
 from tinygrad_gpt.tensor import Tensor
 
 # ---------------------------------------------------------------- the Adam update
@@ -42,14 +42,10 @@ def adamw_update_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weigh
     xp = backend.get_array_module(param)
     bias_correction1 = 1.0 - beta1**step
     bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
-    if param.ndim == 1 and all(cpu_kernels.use(a) for a in (param, grad, exp_avg, exp_avg_sq)):
-        # one multi-threaded pass instead of 13 single-threaded ones
-        cpu_kernels.adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                           bias_correction1, bias_correction2_sqrt)
-        return
-    if all(gpu_kernels.use(a) for a in (param, grad, exp_avg, exp_avg_sq)):  # one CUDA kernel
-        gpu_kernels.adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                           bias_correction1, bias_correction2_sqrt)
+    k = kernels.find("adamw_", param, grad, exp_avg, exp_avg_sq)
+    if k:  # one (multi-threaded) pass instead of 13 whole-array operations
+        k(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          bias_correction1, bias_correction2_sqrt)
         return
     if weight_decay != 0.0:
         param *= 1.0 - lr * weight_decay

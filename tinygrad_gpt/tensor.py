@@ -1,90 +1,63 @@
-"""Tensor and the reverse-mode autograd engine.
+"""Tensor: an n-dimensional array that records the operations applied to it, for reverse-mode autograd.
 
-A `Function` (see ops.py) computes its output from raw arrays in `forward` and saves what its
-`backward` needs. When any input requires a gradient, the output Tensor keeps the Function as its
-`_ctx`; those links form the graph. `Tensor.backward()` walks the graph once in reverse topological
-order, calls each Function's `backward`, sums broadcast gradients back to each input's shape (here,
-in one place) and accumulates them. Then it drops the links so the saved arrays are freed.
+Creation, conversion, operators and composite ops (mean, var, split, ...) live here; each primitive
+op is a `Function` in ops.py, and the backward pass is autograd.py's. Tensor methods check their
+arguments and raise ValueError/TypeError naming the shapes, so Functions can assume valid input.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
+import operator
 
-from tinygrad_gpt import backend
+from tinygrad_gpt import autograd, backend, ops, shapes
+from tinygrad_gpt.autograd import Function, is_grad_enabled, no_grad
+from tinygrad_gpt.backend import get_default_dtype, set_default_dtype
 
-# ---------------------------------------------------------------- global switches
+__all__ = ["Function", "Tensor", "cat", "get_default_dtype", "is_grad_enabled", "matmul", "no_grad",
+           "set_default_dtype", "stack", "where"]
 
-_grad_enabled = True  # read by Function.apply; flipped by no_grad()
-_default_float = backend.as_dtype("float32")
-
-
-def set_default_dtype(dtype) -> None:
-    """Set the float dtype of new tensors (float32 by default; float64 for gradient checks)."""
-    global _default_float
-    dtype = backend.as_dtype(dtype)
-    if not backend.is_float(dtype):
-        raise TypeError(f"the default dtype must be a float dtype, got {dtype}")
-    _default_float = dtype
+# ---------------------------------------------------------------- method factories (operators, elementwise)
 
 
-def get_default_dtype():
-    return _default_float
+def _binary(function, name: str, to_float: bool = False) -> tuple:
+    """The operator methods (self op other, other op self) that apply primitive `function` to two operands.
+
+    A Python number or array operand becomes a constant of the tensor's dtype; with `to_float`,
+    integer operands become the default float dtype first.
+    """
+
+    def method(self, other):
+        return function.apply(*(_float_operands if to_float else _operands)(self, other, name))
+
+    def reflected(self, other):
+        return function.apply(*(_float_operands if to_float else _operands)(other, self, name))
+
+    stem = "truediv" if name == "div" else name  # the name in error messages is the short one
+    method.__name__, reflected.__name__ = f"__{stem}__", f"__r{stem}__"
+    method.__doc__ = f"Elementwise {name} of self and other (broadcasting); other may be a number or an array."
+    reflected.__doc__ = f"Elementwise {name} of other and self (broadcasting), for `number op tensor`."
+    return method, reflected
 
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager (and decorator) under which ops record no graph."""
+def _unary(function):
+    """An elementwise method applying the one-input primitive `function`; help() shows the Function's docstring."""
 
-    def __enter__(self):
-        global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
+    def method(self):
+        return function.apply(self)
 
-    def __exit__(self, *exc):
-        global _grad_enabled
-        _grad_enabled = self._prev
-        return False
+    method.__name__, method.__doc__ = function.__name__.lower(), f"Elementwise {function.__doc__}"
+    return method
 
 
-def is_grad_enabled() -> bool:
-    return _grad_enabled
+def _comparison(compare, symbol: str):
+    """A comparison method: a boolean tensor without gradient."""
 
+    def method(self, other):
+        return Tensor._make(compare(self.data, _comparand(other, self)), False, None)
 
-# ---------------------------------------------------------------- Function
-
-
-class Function:
-    """A differentiable primitive: `forward` and `backward` on raw arrays."""
-
-    parents: tuple = ()
-    needs_grad: tuple = ()
-
-    def forward(self, *xs, **kwargs):
-        raise NotImplementedError
-
-    def backward(self, gy):
-        """Gradients w.r.t. each input (None where not needed); may be broadcast-shaped."""
-        raise NotImplementedError
-
-    @classmethod
-    def apply(cls, *inputs: Tensor, **kwargs) -> Tensor:
-        ctx = cls()
-        xs = [t.data for t in inputs]
-        if len(xs) > 1:
-            backend.check_same_device(xs, cls.__name__.lower())
-        record = _grad_enabled and any(t.requires_grad for t in inputs)
-        if record:
-            ctx.needs_grad = tuple(t.requires_grad for t in inputs)
-        try:
-            y = ctx.forward(*xs, **kwargs)
-        except ValueError as e:  # shape errors surface here, at the call, naming the op and shapes
-            shapes = ", ".join(str(tuple(x.shape)) for x in xs)
-            raise ValueError(f"{cls.__name__.lower()}: {e} (input shapes {shapes})") from None
-        if not record:
-            return Tensor._make(y, False, None)
-        ctx.parents = inputs
-        return Tensor._make(y, True, ctx)
+    method.__doc__ = f"Elementwise {symbol}, a boolean tensor without gradient."
+    return method
 
 
 # ---------------------------------------------------------------- Tensor
@@ -93,7 +66,13 @@ class Function:
 class Tensor:
     """An n-dimensional array that records the operations applied to it for reverse-mode autograd."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "__weakref__")
+    __slots__ = {  # name -> what help() shows
+        "data": "The values: a numpy array, or a cupy array on the GPU.",
+        "grad": "The gradient backward() accumulated (a Tensor of this shape), or None.",
+        "requires_grad": "Whether backward() computes a gradient for this tensor.",
+        "_ctx": "The Function that made this tensor, while the graph is recorded (None for leaves).",
+        "__weakref__": None,
+    }
     __array_priority__ = 1000  # so `ndarray + Tensor` calls Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None):
@@ -107,7 +86,7 @@ class Tensor:
         if dtype is None and not backend.is_array(data):
             data = backend.asarray(data, device=device)
         if dtype is None and backend.is_float(data.dtype):
-            dtype = _default_float  # floats become the default float dtype, so nothing upcasts later
+            dtype = get_default_dtype()  # floats become the default float dtype, so nothing upcasts later
         self.data = backend.asarray(data, dtype=dtype, device=device)
         if requires_grad and not backend.is_float(self.data.dtype):
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
@@ -126,55 +105,65 @@ class Tensor:
 
     @staticmethod
     def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
-        shape = _shape_arg(shape)
+        """A tensor of zeros of `shape` (default float dtype unless `dtype`)."""
+        shape = shapes.shape_arg(shape)
         xp = backend.xp_for(backend.DEFAULT_DEVICE)
-        return Tensor(xp.zeros(shape, dtype=dtype or _default_float), requires_grad=requires_grad)
+        return Tensor(xp.zeros(shape, dtype=dtype or get_default_dtype()), requires_grad=requires_grad)
 
     @staticmethod
     def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
-        shape = _shape_arg(shape)
+        """A tensor of ones of `shape` (default float dtype unless `dtype`)."""
+        shape = shapes.shape_arg(shape)
         xp = backend.xp_for(backend.DEFAULT_DEVICE)
-        return Tensor(xp.ones(shape, dtype=dtype or _default_float), requires_grad=requires_grad)
+        return Tensor(xp.ones(shape, dtype=dtype or get_default_dtype()), requires_grad=requires_grad)
 
     @staticmethod
     def randn(*shape, dtype=None, requires_grad=False) -> Tensor:
         """Standard normal samples from the library's seeded generator (`manual_seed`)."""
-        data = backend.randn(_shape_arg(shape), dtype or _default_float)
+        data = backend.randn(shapes.shape_arg(shape), dtype or get_default_dtype())
         return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
     @staticmethod
     def rand(*shape, dtype=None, requires_grad=False) -> Tensor:
-        data = backend.rand(_shape_arg(shape), dtype or _default_float)
+        """Uniform samples in [0, 1) from the library's seeded generator (`manual_seed`)."""
+        data = backend.rand(shapes.shape_arg(shape), dtype or get_default_dtype())
         return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
     @staticmethod
     def arange(*args, dtype=None) -> Tensor:
+        """Evenly spaced values, as numpy.arange(start, stop, step)."""
         return Tensor(backend.xp_for(backend.DEFAULT_DEVICE).arange(*args, dtype=dtype))
 
     # ------------------------------------------------------------ properties
 
     @property
     def shape(self) -> tuple:
+        """The size of each axis, as a tuple."""
         return tuple(self.data.shape)
 
     @property
     def dtype(self):
+        """The element dtype (a numpy dtype)."""
         return self.data.dtype
 
     @property
     def ndim(self) -> int:
+        """The number of axes."""
         return self.data.ndim
 
     @property
     def size(self) -> int:
+        """The number of elements."""
         return int(self.data.size)
 
     @property
     def device(self) -> str:
+        """'cpu' or 'cuda': where the data lives."""
         return backend.device_of(self.data)
 
     @property
     def T(self) -> Tensor:
+        """The axes reversed (the transpose of a matrix)."""
         return self.permute(*reversed(range(self.ndim)))
 
     def __len__(self) -> int:
@@ -194,11 +183,13 @@ class Tensor:
         return backend.to_numpy(self.data)
 
     def item(self):
+        """The value of a one-element tensor as a Python number."""
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
 
     def tolist(self):
+        """The values as nested Python lists."""
         return self.numpy().tolist()
 
     def detach(self) -> Tensor:
@@ -212,16 +203,20 @@ class Tensor:
         return ops.ToDevice.apply(self, device=device)
 
     def astype(self, dtype) -> Tensor:
+        """This tensor as `dtype` (itself when it already has it); differentiable."""
         dtype = backend.as_dtype(dtype)
         return self if dtype == self.dtype else ops.Cast.apply(self, dtype=dtype)
 
     def float(self) -> Tensor:
+        """This tensor as float32."""
         return self.astype("float32")
 
     def double(self) -> Tensor:
+        """This tensor as float64."""
         return self.astype("float64")
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Set whether backward() computes a gradient for this tensor (float tensors only); returns self."""
         if requires_grad and not backend.is_float(self.dtype):
             raise TypeError(f"only float tensors can require gradients, got dtype {self.dtype}")
         self.requires_grad = requires_grad
@@ -245,146 +240,74 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, output has shape {self.shape}")
 
-        grads, given = {id(self): grad}, set()
-        for t in reversed(_toposort(self)):
-            g = grads.pop(id(t), None)
-            ctx = t._ctx
-            if ctx is None:  # a leaf: accumulate (never in place: the array may be shared)
-                if g is not None:
-                    t.grad = Tensor._make(_owned(g, given) if t.grad is None else t.grad.data + g, False, None)
-                continue
-            t._ctx = _RELEASED  # free the saved arrays: the graph is used once
-            if g is None:  # no gradient reached this node (a Function returned None for it)
-                continue
-            gxs = ctx.backward(g)
-            if not isinstance(gxs, tuple):
-                gxs = (gxs,)
-            for parent, gx in zip(ctx.parents, gxs):
-                if gx is None or not parent.requires_grad:
-                    continue
-                if gx.shape != parent.data.shape:
-                    gx = _unbroadcast(gx, parent.data.shape)
-                assert gx.dtype == parent.data.dtype, (
-                    f"{type(ctx).__name__}.backward gave a {gx.dtype} gradient for a {parent.data.dtype} input"
-                )
-                key = id(parent)
-                grads[key] = grads[key] + gx if key in grads else gx
+        autograd.backward(self, grad)
 
-    # ------------------------------------------------------------ arithmetic
+    # ------------------------------------------------------------ arithmetic (operands broadcast)
 
-    def __add__(self, other):
-        return ops.Add.apply(*_operands(self, other, "add"))
-
-    def __radd__(self, other):
-        return ops.Add.apply(*_operands(other, self, "add"))
-
-    def __sub__(self, other):
-        return ops.Sub.apply(*_operands(self, other, "sub"))
-
-    def __rsub__(self, other):
-        return ops.Sub.apply(*_operands(other, self, "sub"))
-
-    def __mul__(self, other):
-        return ops.Mul.apply(*_operands(self, other, "mul"))
-
-    def __rmul__(self, other):
-        return ops.Mul.apply(*_operands(other, self, "mul"))
-
-    def __truediv__(self, other):
-        return ops.Div.apply(*_float_operands(self, other, "div"))
-
-    def __rtruediv__(self, other):
-        return ops.Div.apply(*_float_operands(other, self, "div"))
-
-    def __pow__(self, other):
-        return ops.Pow.apply(*_operands(self, other, "pow"))
-
-    def __rpow__(self, other):
-        return ops.Pow.apply(*_operands(other, self, "pow"))
+    __add__, __radd__ = _binary(ops.Add, "add")
+    __sub__, __rsub__ = _binary(ops.Sub, "sub")
+    __mul__, __rmul__ = _binary(ops.Mul, "mul")
+    __truediv__, __rtruediv__ = _binary(ops.Div, "div", to_float=True)  # int / int is a float
+    __pow__, __rpow__ = _binary(ops.Pow, "pow")
 
     def __matmul__(self, other):
+        """self @ other, see `matmul`."""
         return matmul(self, other)
 
     def __rmatmul__(self, other):
         return matmul(_as_tensor(other, self), self)
 
     def __neg__(self):
+        """-self."""
         return ops.Neg.apply(self)
 
     # comparisons give boolean tensors without gradients (== and != keep Python identity)
-    def __lt__(self, other):
-        return Tensor._make(self.data < _comparand(other, self), False, None)
-
-    def __le__(self, other):
-        return Tensor._make(self.data <= _comparand(other, self), False, None)
-
-    def __gt__(self, other):
-        return Tensor._make(self.data > _comparand(other, self), False, None)
-
-    def __ge__(self, other):
-        return Tensor._make(self.data >= _comparand(other, self), False, None)
-
-    def eq(self, other) -> Tensor:
-        return Tensor._make(self.data == _comparand(other, self), False, None)
+    __lt__, __le__ = _comparison(operator.lt, "<"), _comparison(operator.le, "<=")
+    __gt__, __ge__ = _comparison(operator.gt, ">"), _comparison(operator.ge, ">=")
+    eq = _comparison(operator.eq, "== (the == operator keeps Python identity)")
 
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------ elementwise
 
-    def exp(self):
-        return ops.Exp.apply(self)
-
-    def log(self):
-        return ops.Log.apply(self)
-
-    def sqrt(self):
-        return ops.Sqrt.apply(self)
-
-    def tanh(self):
-        return ops.Tanh.apply(self)
-
-    def sigmoid(self):
-        return ops.Sigmoid.apply(self)
-
-    def relu(self):
-        return ops.Relu.apply(self)
-
-    def gelu(self):
-        """GPT-2's GELU (tanh approximation)."""
-        return ops.Gelu.apply(self)
-
-    def abs(self):
-        return ops.Abs.apply(self)
+    exp, log, sqrt, tanh = _unary(ops.Exp), _unary(ops.Log), _unary(ops.Sqrt), _unary(ops.Tanh)
+    sigmoid, relu, gelu, abs = _unary(ops.Sigmoid), _unary(ops.Relu), _unary(ops.Gelu), _unary(ops.Abs)
 
     def clip(self, min=None, max=None):
+        """Values limited to [min, max]; either bound may be None."""
         if min is None and max is None:
             raise ValueError("clip: give min, max or both")
         return ops.Clip.apply(self, lo=min, hi=max)
 
     def maximum(self, other):
+        """Elementwise maximum with `other` (broadcasting); ties split the gradient."""
         return ops.Maximum.apply(*_operands(self, other, "maximum"))
 
     def minimum(self, other):
+        """Elementwise minimum with `other` (broadcasting); ties split the gradient."""
         return ops.Minimum.apply(*_operands(self, other, "minimum"))
 
     # ------------------------------------------------------------ reductions
 
     def sum(self, axis=None, keepdims=False):
-        return ops.Sum.apply(self, axis=_axes(axis, self.ndim, "sum"), keepdims=keepdims)
+        """Sum over `axis` (None: all axes; an int or a tuple), dropping those axes unless `keepdims`."""
+        return ops.Sum.apply(self, axis=shapes.axes(axis, self.ndim, "sum"), keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        axes = _axes(axis, self.ndim, "mean")
+        """Mean over `axis` (None: all axes; an int or a tuple), dropping those axes unless `keepdims`."""
+        axes = shapes.axes(axis, self.ndim, "mean")
         n = math.prod(self.shape[a] for a in axes)
         return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / max(n, 1))
 
     def max(self, axis=None, keepdims=False):
+        """Maximum over `axis` (None: all, an int or a tuple), dropping those axes unless `keepdims`; ties share."""
         if self.size == 0:
             raise ValueError(f"max: empty tensor of shape {self.shape} has no maximum")
-        return ops.Max.apply(self, axis=_axes(axis, self.ndim, "max"), keepdims=keepdims)
+        return ops.Max.apply(self, axis=shapes.axes(axis, self.ndim, "max"), keepdims=keepdims)
 
     def var(self, axis=None, keepdims=False, ddof=0):
         """Variance as NumPy computes it (ddof=0 by default; torch's default is ddof=1)."""
-        axes = _axes(axis, self.ndim, "var")
+        axes = shapes.axes(axis, self.ndim, "var")
         n = math.prod(self.shape[a] for a in axes)
         if n - ddof <= 0:
             raise ValueError(f"var: {n} elements along axis {axis} with ddof={ddof} leaves no degrees of freedom")
@@ -392,24 +315,29 @@ class Tensor:
         return (centered * centered).sum(axis=axes, keepdims=keepdims) * (1.0 / (n - ddof))
 
     def argmax(self, axis=None) -> Tensor:
+        """Indices of the maxima along `axis` (of the flattened tensor when None); no gradient."""
         return Tensor._make(self.data.argmax(axis=axis), False, None)
 
     # ------------------------------------------------------------ shape
 
     def reshape(self, *shape):
-        shape = _shape_arg(shape)
+        """The same elements in a new shape (one entry may be -1); f(2, 3) and f((2, 3)) both work."""
+        shape = shapes.shape_arg(shape)
         if shape == self.shape:
             return self
         return ops.Reshape.apply(self, shape=shape)
 
     def view(self, *shape):
+        """Same as reshape."""
         return self.reshape(*shape)
 
     def flatten(self):
+        """The elements as a 1-D tensor."""
         return self.reshape(-1)
 
     def permute(self, *axes):
-        axes = _shape_arg(axes)
+        """The axes reordered: axis i of the result is axis axes[i] of this tensor."""
+        axes = shapes.shape_arg(axes)
         in_range = all(-self.ndim <= a < self.ndim for a in axes)
         if not in_range or sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
             raise ValueError(f"permute: axes {axes} are not a permutation of the axes of shape {self.shape}")
@@ -425,22 +353,25 @@ class Tensor:
         return ops.Permute.apply(self, axes=tuple(axes))
 
     def expand(self, *shape):
-        shape = _shape_arg(shape)
+        """This tensor broadcast to `shape` (size-1 axes repeated, leading axes added)."""
+        shape = shapes.shape_arg(shape)
         if shape == self.shape:
             return self
-        if not _broadcasts_to(self.shape, shape):
+        if not shapes.broadcasts_to(self.shape, shape):
             raise ValueError(f"expand: shape {self.shape} cannot be broadcast to {shape}")
         return ops.Expand.apply(self, shape=shape)
 
     broadcast_to = expand
 
     def unsqueeze(self, axis: int):
+        """A new axis of size 1 inserted at `axis`."""
         if not -self.ndim - 1 <= axis <= self.ndim:
             raise ValueError(f"unsqueeze: axis {axis} is out of range for shape {self.shape}")
         axis = axis % (self.ndim + 1)
         return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
 
     def squeeze(self, axis: int):
+        """Axis `axis`, which must have size 1, removed."""
         if self.shape[axis] != 1:
             raise ValueError(f"squeeze: axis {axis} of shape {self.shape} has size {self.shape[axis]}, not 1")
         axis = axis % self.ndim
@@ -473,14 +404,16 @@ class Tensor:
     def masked_fill(self, mask, value: float):
         """`value` where `mask` is true, self elsewhere (mask broadcasts to self's shape)."""
         mask_shape = tuple(_raw(mask).shape)
-        if not _broadcasts_to(mask_shape, self.shape):
+        if not shapes.broadcasts_to(mask_shape, self.shape):
             raise ValueError(f"masked_fill: mask of shape {mask_shape} does not broadcast to tensor shape {self.shape}")
         return where(mask, value, self)
 
     def softmax(self, axis: int = -1):
+        """exp(x) / sum(exp(x)) along `axis`, computed stably."""
         return ops.Softmax.apply(self, axis=axis)
 
     def log_softmax(self, axis: int = -1):
+        """log(softmax(x)) along `axis`, computed stably."""
         return ops.LogSoftmax.apply(self, axis=axis)
 
 
@@ -532,71 +465,13 @@ def where(cond, a, b) -> Tensor:
 # ---------------------------------------------------------------- helpers
 
 
-class _Released(Function):
-    """Stands in for a Function whose saved arrays were freed by backward()."""
-
-    def backward(self, gy):
-        raise RuntimeError(
-            "backward() through a part of the graph that an earlier backward() already used and freed; "
-            "recompute the forward pass (or detach() the tensor you reuse)"
-        )
-
-
-_RELEASED = _Released()
-
-
-def _owned(g, given: set):
-    """`g` as an array the leaf may own: a copy when it is a read-only or shared view, or given to another leaf.
-
-    Leaf gradients are what users and optimizers touch (`p.grad.data *= scale`), so they must be
-    writable and must not alias another leaf's gradient; fresh arrays (the common case) pass as they are.
-    """
-    if g.base is not None or not getattr(g.flags, "writeable", True) or id(g) in given:
-        g = g.copy()
-    given.add(id(g))
-    return g
-
-
-def _toposort(root: Tensor) -> list:
-    """Tensors of the graph below `root`, inputs before outputs; iterative, so any depth works."""
-    order, visited, stack = [], set(), [(root, False)]
-    while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        if t._ctx is not None:
-            stack.extend((p, False) for p in t._ctx.parents if p.requires_grad and id(p) not in visited)
-    return order
-
-
-def _unbroadcast(g, shape: tuple):
-    """Sum a broadcast gradient back to `shape`: the single place broadcasting is undone."""
-    extra = g.ndim - len(shape)
-    assert extra >= 0, f"gradient of shape {g.shape} for input of shape {shape}"
-    axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
-    g = g.sum(axis=axes, keepdims=True) if axes else g
-    g = g.reshape(shape)
-    assert g.shape == tuple(shape), f"gradient of shape {g.shape} for input of shape {shape}"
-    return g
-
-
-def _broadcasts_to(shape: tuple, target: tuple) -> bool:
-    """Whether an array of `shape` broadcasts to exactly `target`."""
-    return len(shape) <= len(target) and all(s in (1, t) for s, t in zip(reversed(shape), reversed(target)))
-
-
 def _as_tensor(x, like: Tensor) -> Tensor:
     """A Python number or array as a constant tensor of `like`'s dtype and device."""
     if isinstance(x, Tensor):
         return x
     dtype = like.dtype
     if isinstance(x, float) and not backend.is_float(dtype):
-        dtype = _default_float
+        dtype = get_default_dtype()
     return Tensor._make(backend.asarray(x, dtype=dtype, device=like.device), False, None)
 
 
@@ -621,7 +496,7 @@ def _float_operands(a, b, op_name: str) -> tuple:
     """Like _operands, but integer operands become the default float dtype (int / int is a float)."""
     a, b = _operands(a, b, op_name)
     if not backend.is_float(a.dtype):
-        a, b = (Tensor._make(t.data.astype(_default_float), False, None) for t in (a, b))
+        a, b = (Tensor._make(t.data.astype(get_default_dtype()), False, None) for t in (a, b))
     return a, b
 
 
@@ -645,28 +520,4 @@ def _raw_index(index):
     return _raw(index)
 
 
-def _shape_arg(shape: tuple) -> tuple:
-    """Accept f(2, 3) and f((2, 3))."""
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = tuple(shape[0])
-    return tuple(int(s) for s in shape)
-
-
-@functools.lru_cache(maxsize=1024)
-def _axes_cached(axis, ndim: int, op_name: str) -> tuple:
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    for a in axes:
-        if not -max(ndim, 1) <= a < max(ndim, 1):
-            raise ValueError(f"{op_name}: axis {a} is out of range for a {ndim}-d tensor")
-    axes = tuple(sorted({a % ndim for a in axes})) if ndim else ()
-    return axes
-
-
-def _axes(axis, ndim: int, op_name: str) -> tuple:
-    """`axis` (None, int, negative int or tuple) as a sorted tuple of non-negative axes."""
-    return _axes_cached(tuple(axis) if isinstance(axis, list) else axis, ndim, op_name)
-
-
-from tinygrad_gpt import ops  # noqa: E402  (ops needs Tensor and Function defined above)
+autograd.register_tensor_class(Tensor)  # Function.apply wraps its outputs in Tensors

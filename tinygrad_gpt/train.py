@@ -26,7 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygrad_gpt import backend, gpu_kernels, no_grad
+from tinygrad_gpt import backend, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
@@ -172,7 +172,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
         UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
     """
     if config.tf32:  # before the first matmul: CuPy reads CUPY_TF32 once
-        gpu_kernels.enable_tf32()
+        backend.enable_tf32()
     resume = config.init_from == "resume"
     if not (resume or config.eval_only or config.overwrite) and has_checkpoint(Path(config.out_dir)):
         raise UsageError(

@@ -2,6 +2,10 @@
 
 Fusing (linear, layer_norm, softmax-cross-entropy, attention) keeps the graph small and lets
 backward reuse what forward computed, which is where most of a NumPy framework's time goes.
+The Functions whose job a Module of tinygrad_gpt.nn also does are named apart from it
+(`LinearFunction` here, `nn.Linear` there); the lowercase functions are the public interface.
+Where a fused kernel exists (tinygrad_gpt.kernels), a Function asks `kernels.find` once and
+otherwise runs its NumPy body, the reference the kernels are tested against.
 """
 
 from __future__ import annotations
@@ -9,13 +13,14 @@ from __future__ import annotations
 import functools
 import math
 
-from tinygrad_gpt import backend, cpu_kernels, gpu_kernels, ops
-from tinygrad_gpt.tensor import Function, Tensor, _raw
+from tinygrad_gpt import backend, kernels, ops
+from tinygrad_gpt.autograd import Function
+from tinygrad_gpt.tensor import Tensor, _raw
 
 # ---------------------------------------------------------------- linear
 
 
-class Linear(Function):
+class LinearFunction(Function):
     """y = x @ W + b as one GEMM on the 2-D view of x, with the bias folded in."""
 
     def forward(self, x, W, b=None):
@@ -47,16 +52,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if x.ndim < 1 or x.shape[-1] != weight.shape[0] or weight.ndim != 2:
         raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape {weight.shape} (in, out)")
     if bias is None:
-        return Linear.apply(x, weight)
+        return LinearFunction.apply(x, weight)
     if bias.shape != (weight.shape[1],):
         raise ValueError(f"linear: bias of shape {bias.shape} does not fit a weight of shape {weight.shape}")
-    return Linear.apply(x, weight, bias)
+    return LinearFunction.apply(x, weight, bias)
 
 
 # ---------------------------------------------------------------- embedding
 
 
-class Embedding(Function):
+class EmbeddingFunction(Function):
     """Row lookup; backward adds each output gradient into its token's row."""
 
     def forward(self, W, idx=None):
@@ -92,25 +97,21 @@ def embedding(idx, weight: Tensor) -> Tensor:
         raise ValueError(
             f"embedding: indices must be in [0, {weight.shape[0]}), got min {int(idx.min())} max {int(idx.max())}"
         )
-    return Embedding.apply(weight, idx=idx)
+    return EmbeddingFunction.apply(weight, idx=idx)
 
 
 # ---------------------------------------------------------------- layer norm
 
 
-class LayerNorm(Function):
+class LayerNormFunction(Function):
     """Normalise over the last axis, then scale and shift."""
 
     def forward(self, x, w, b, eps=1e-5):
         xp = backend.get_array_module(x)
         self.w = w
-        if cpu_kernels.use(x) and x.dtype == w.dtype == b.dtype:  # one multi-threaded pass
-            x2 = x.reshape(-1, x.shape[-1])  # (N, C)
-            y, self.xhat, self.rstd = xp.empty_like(x2), xp.empty_like(x2), xp.empty(x2.shape[0], x.dtype)
-            cpu_kernels.layer_norm_forward(x2, w, b, eps, y, self.xhat, self.rstd)
-            return y.reshape(x.shape)
-        if all(gpu_kernels.use(a) for a in (x, w, b)) and x.dtype == w.dtype == b.dtype:
-            y, self.xhat, self.rstd = gpu_kernels.layer_norm_forward(x.reshape(-1, x.shape[-1]), w, b, eps)
+        k = kernels.find("layer_norm_forward", x, w, b)
+        if k:  # one pass over each row
+            y, self.xhat, self.rstd = k(x.reshape(-1, x.shape[-1]), w, b, eps)  # (N, C), (N, C), (N,)
             return y.reshape(x.shape)
         xhat = x - x.mean(axis=-1, keepdims=True)
         var = (xhat * xhat).mean(axis=-1, keepdims=True)
@@ -120,18 +121,12 @@ class LayerNorm(Function):
         return xhat * w + b
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
         C = gy.shape[-1]
         xhat, rstd = self.xhat.reshape(-1, C), self.rstd.reshape(-1, 1)  # (N, C), (N, 1)
         gy2 = gy.reshape(-1, C)  # (N, C)
-        if cpu_kernels.use(gy2) and cpu_kernels.use(xhat) and gy.dtype == xhat.dtype == self.w.dtype:
-            gx = xp.empty_like(gy2)
-            n_chunks = min(64, gy2.shape[0])
-            gw_parts, gb_parts = xp.zeros((2, n_chunks, C), dtype=gy.dtype)
-            cpu_kernels.layer_norm_backward(gy2, xhat, rstd.reshape(-1), self.w, gx, gw_parts, gb_parts)
-            return gx.reshape(gy.shape), gw_parts.sum(axis=0), gb_parts.sum(axis=0)
-        if gpu_kernels.use(gy2) and gpu_kernels.use(xhat) and gy.dtype == xhat.dtype == self.w.dtype:
-            gx, gw, gb = gpu_kernels.layer_norm_backward(gy2, xhat, rstd.reshape(-1), self.w)
+        k = kernels.find("layer_norm_backward", gy2, xhat, rstd, self.w)
+        if k:
+            gx, gw, gb = k(gy2, xhat, rstd.reshape(-1), self.w)
             return gx.reshape(gy.shape), gw, gb
         gw = (gy2 * xhat).sum(axis=0) if self.needs_grad[1] else None
         gb = gy2.sum(axis=0) if self.needs_grad[2] else None
@@ -160,7 +155,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
             f"layer_norm: input of shape {x.shape} needs weight and bias of shape ({x.shape[-1] if x.ndim else '?'},), "
             f"got {weight.shape} and {bias.shape}"
         )
-    return LayerNorm.apply(x, weight, bias, eps=eps)
+    return LayerNormFunction.apply(x, weight, bias, eps=eps)
 
 
 # ---------------------------------------------------------------- activations and dropout
@@ -172,18 +167,21 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def relu(x: Tensor) -> Tensor:
+    """max(x, 0) elementwise."""
     return ops.Relu.apply(x)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) along `axis`, computed stably."""
     return ops.Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """log(softmax(x)) along `axis`, computed stably."""
     return ops.LogSoftmax.apply(x, axis=axis)
 
 
-class Dropout(Function):
+class DropoutFunction(Function):
     """Zero each element with probability p and scale the rest by 1 / (1 - p)."""
 
     def forward(self, x, p=0.5):
@@ -202,7 +200,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
     if not training or p == 0.0:
         return x
-    return Dropout.apply(x, p=p)
+    return DropoutFunction.apply(x, p=p)
 
 
 # ---------------------------------------------------------------- losses
@@ -218,9 +216,11 @@ class CrossEntropy(Function):
         self.in_shape, self.in_dtype = logits.shape, logits.dtype
         if x.dtype == xp.float16:  # mixed precision: a float32 loss, so a scaled loss (x 2**16) cannot overflow
             x = x.astype(xp.float32)
-        if gpu_kernels.use(x):  # one CUDA kernel, no host sync
+        k = kernels.find("softmax_cross_entropy_forward", x)
+        if k:  # one kernel, no host sync (there is a CUDA kernel only)
             self.t, self.ignore_index, self.rows = t, ignore_index, None
-            loss, self.probs = gpu_kernels.softmax_cross_entropy_forward(x, t, ignore_index)
+            self.backward_kernel = kernels.find("softmax_cross_entropy_backward_", x)
+            loss, self.probs = k(x, t, ignore_index)
             return loss
         valid = t != ignore_index
         t = xp.where(valid, t, 0)
@@ -241,8 +241,8 @@ class CrossEntropy(Function):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
         g = self.probs  # reused: the saved softmax is not needed after this
         self.probs = None
-        if self.rows is None:  # the forward ran the kernel (whatever gpu_kernels.enabled says now)
-            return gpu_kernels.softmax_cross_entropy_backward_(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
+        if self.rows is None:  # the forward ran the kernel: so does backward, whatever the switches say now
+            return self.backward_kernel(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
         g[self.rows, self.t] -= 1
         g *= (self.valid * (gy / max(self.n_valid, 1)))[:, None].astype(g.dtype)
         return g.reshape(self.in_shape)
@@ -294,11 +294,9 @@ def _causal_bias(t_q: int, t_k: int, dtype_name: str, device: str):
 
 def _softmax_scores_(att, scale: float, causal: bool) -> None:
     """In place: raw scores (..., Tq, Tk) -> softmax(scale * scores + causal mask) along the last axis."""
-    if cpu_kernels.use(att):
-        cpu_kernels.attention_softmax_(att.reshape(-1, *att.shape[-2:]), att.dtype.type(scale), causal)
-        return
-    if gpu_kernels.use(att):
-        gpu_kernels.attention_softmax_(att.reshape(-1, *att.shape[-2:]), scale, causal)
+    k = kernels.find("attention_softmax_", att)
+    if k:
+        k(att.reshape(-1, *att.shape[-2:]), scale, causal)  # (R, Tq, Tk), a view: att is contiguous
         return
     xp = backend.get_array_module(att)
     att *= scale
@@ -311,13 +309,10 @@ def _softmax_scores_(att, scale: float, causal: bool) -> None:
 
 def _softmax_scores_backward_(gatt, att, scale: float) -> None:
     """In place: gatt <- scale * att * (gatt - sum(gatt * att)), the gradient w.r.t. the raw scores."""
-    if cpu_kernels.use(gatt) and cpu_kernels.use(att):
-        shape = (-1, *att.shape[-2:])
-        cpu_kernels.attention_softmax_backward_(gatt.reshape(shape), att.reshape(shape), att.dtype.type(scale))
-        return
-    if gpu_kernels.use(gatt) and gpu_kernels.use(att):
-        shape = (-1, *att.shape[-2:])
-        gpu_kernels.attention_softmax_backward_(gatt.reshape(shape), att.reshape(shape), scale)
+    k = kernels.find("attention_softmax_backward_", gatt, att)
+    if k:
+        shape = (-1, *att.shape[-2:])  # (R, Tq, Tk), views: both are contiguous
+        k(gatt.reshape(shape), att.reshape(shape), scale)
         return
     gatt -= (gatt * att).sum(axis=-1, keepdims=True)
     gatt *= att

@@ -2,20 +2,14 @@
 
 Each CuPy call is one kernel launch that reads and writes whole arrays, so an elementwise chain
 like GELU's backward costs a dozen launches and temporaries; each kernel here is one pass. Every
-kernel has a pure `xp` twin in the module that calls it, gated by `use(array)` as the numba
-kernels are by `cpu_kernels.use`, and tests/test_gpu_kernels.py compares the two.
+kernel has a pure `xp` twin in the Function that calls it (found through `kernels.find`, as the
+numba kernels of cpu.py are, with the same signatures), and tests/test_gpu_kernels.py compares the two.
 
 Importing this module never imports CuPy: the kernels are built on first use, from the cupy
 module that `backend.xp_for("cuda")` hands out. Elementwise kernels are `cupy.ElementwiseKernel`s;
 the row kernels (LayerNorm, softmax cross-entropy, attention softmax) are one CUDA thread block
 per row, reducing in shared memory. float16 arrays are computed in float32 (mixed precision),
 float32 in float32 and float64 in float64. Set TINYGRAD_GPT_GPU_KERNELS=0 to turn them off.
-
-TF32: CuPy's float32 matmuls use TF32 tensor cores only when the environment variable CUPY_TF32=1
-is set before CuPy runs its first float32 matmul (CuPy reads it once, then caches the choice).
-`enable_tf32()` sets it; call it before any tensor math, best before `tinygrad_gpt` is imported.
-Unverified (no GPU so far): CuPy's source suggests its 2-D matmul honours CUPY_TF32 but its batched
-(3-D and up) matmul may not, which would leave attention's matmuls in full float32.
 """
 
 from __future__ import annotations
@@ -26,25 +20,7 @@ import os
 from tinygrad_gpt import backend
 
 enabled = os.environ.get("TINYGRAD_GPT_GPU_KERNELS", "1") != "0"  # flipped by tests to compare both paths
-
-
-def use(array) -> bool:
-    """Whether to run the fused kernel on `array` (a C-contiguous float16/32/64 CuPy array)."""
-    return (
-        enabled
-        and backend.is_array(array)
-        and backend.device_of(array) == "cuda"
-        and array.dtype in backend.FLOAT_DTYPES
-        and array.flags.c_contiguous
-    )
-
-
-def enable_tf32() -> None:
-    """Let CuPy's float32 matmuls run on TF32 tensor cores (about 10 mantissa bits, much faster).
-
-    Sets CUPY_TF32=1, which CuPy reads at its first float32 matmul; it has no effect after that.
-    """
-    os.environ["CUPY_TF32"] = "1"
+DTYPES = backend.FLOAT_DTYPES  # float16 is computed in float32
 
 
 def _cupy():
@@ -79,14 +55,13 @@ _CTYPES = {"float16": "unsigned short", "float32": "float", "float64": "double"}
 # 0.7978845608028654 = sqrt(2 / pi); the bodies run once per element, with T the arrays' type
 _GELU_FORWARD = """
 const acc_t v = (acc_t)x;
-const acc_t th = tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v));
-t = (T)th;
-y = (T)((acc_t)0.5 * v * ((acc_t)1 + th));
+y = (T)((acc_t)0.5 * v * ((acc_t)1 + tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v))));
 """
 
+# recomputes tanh rather than reading a saved copy: the kernel is memory-bound, so that is free
 _GELU_BACKWARD = """
 const acc_t v = (acc_t)x;
-const acc_t tt = (acc_t)t;
+const acc_t tt = tanh((acc_t)0.7978845608028654 * (v + (acc_t)0.044715 * v * v * v));
 const acc_t dinner = (acc_t)0.7978845608028654 * ((acc_t)1 + (acc_t)(3 * 0.044715) * v * v);
 gx = (T)((acc_t)gy * ((acc_t)0.5 * ((acc_t)1 + tt) + (acc_t)0.5 * v * ((acc_t)1 - tt * tt) * dinner));
 """
@@ -119,8 +94,8 @@ def elementwise_kernel_specs(acc: str) -> dict[str, tuple[str, str, str, str, st
     preamble = f"typedef {_CTYPES[acc]} acc_t;"
     hyper = ", ".join(f"{acc} {n}" for n in ("beta1", "beta2", "step_size", "decay", "bias_c2_sqrt", "eps"))
     specs = {
-        "gelu_forward": ("T x", "T y, T t", _GELU_FORWARD),
-        "gelu_backward": ("T gy, T x, T t", "T gx", _GELU_BACKWARD),
+        "gelu_forward": ("T x", "T y", _GELU_FORWARD),
+        "gelu_backward": ("T gy, T x", "T gx", _GELU_BACKWARD),
         "adamw": (f"T g, {hyper}", "T p, T m, T v", _ADAMW),
         "cross_entropy_backward": (f"raw int64 targets, raw {acc} scale, int64 ignore_index, int64 n_classes",
                                    "T g", _CROSS_ENTROPY_BACKWARD),
@@ -142,26 +117,26 @@ def gelu_forward(x):
     Args:
         x: any shape.
     Returns:
-        (y, t): GELU(x) and t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), saved for backward; x's shape.
+        GELU(x), of x's shape.
     """
     _check("gelu_forward", x)
     return _elementwise(_acc_name(x.dtype.name))["gelu_forward"](x)
 
 
-def gelu_backward(gy, x, t):
-    """GELU's input gradient in one pass.
+def gelu_backward(gy, x):
+    """GELU's input gradient in one pass, recomputing tanh.
 
     Args:
-        gy, x, t: the output gradient, the input and the t that gelu_forward saved; one shape.
+        gy, x: the output gradient and the input; one shape.
     Returns:
         gx = d GELU(x) / dx * gy, of x's shape.
     """
-    _check("gelu_backward", gy, x, t)
-    return _elementwise(_acc_name(x.dtype.name))["gelu_backward"](gy, x, t)
+    _check("gelu_backward", gy, x)
+    return _elementwise(_acc_name(x.dtype.name))["gelu_backward"](gy, x)
 
 
 def adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt) -> None:
-    """One AdamW step in place (torch.optim.AdamW's formula), as cpu_kernels.adamw_.
+    """One AdamW step in place (torch.optim.AdamW's formula), as cpu.adamw_.
 
     param <- param (1 - lr wd) - lr / bias_c1 * m / (sqrt(v) / bias_c2_sqrt + eps), with the moments
     m = exp_avg and v = exp_avg_sq updated first.
@@ -505,3 +480,8 @@ def attention_softmax_backward_(gatt, att, scale: float) -> None:
     r, t_q, t_k = att.shape
     _launch_rows("attention_softmax_backward", att.dtype, r * t_q, t_k,
                  (gatt, att, _acc_scalar(att.dtype, scale), cp.int32(t_k)))
+
+
+KERNELS = {f.__name__: f for f in (gelu_forward, gelu_backward, layer_norm_forward, layer_norm_backward,
+                                   softmax_cross_entropy_forward, softmax_cross_entropy_backward_,
+                                   attention_softmax_, attention_softmax_backward_, adamw_)}

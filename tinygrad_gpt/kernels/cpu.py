@@ -2,14 +2,19 @@
 
 NumPy runs each elementwise step of a chain like GELU's backward as its own single-threaded pass
 with its own temporary array; these kernels do the whole chain in one multi-threaded pass. Every
-kernel has a pure-NumPy twin in the module that calls it, and the tests compare the two
+kernel has a pure-NumPy twin in the Function that calls it, and the tests compare the two
 (tests/test_cpu_kernels.py). float32 exp and tanh use a hand-written polynomial that vectorises,
 since NumPy's and numba's run one element at a time on this CPU. Set TINYGRAD_GPT_NUMBA=0 to turn
 the kernels off; arrays below `min_size` elements always take the NumPy path.
+
+The public functions at the end take the signatures of their CUDA twins in cuda.py (they return
+new arrays, and those ending in `_` work in place); `KERNELS` names them for `kernels.find`. Each
+wraps a jitted loop that writes into arrays the wrapper allocates.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -32,17 +37,7 @@ except ImportError:
 enabled = AVAILABLE  # flipped by tests to compare both paths
 # below this many elements, starting the threads costs more than the kernel saves
 min_size = 16384
-
-
-def use(array) -> bool:
-    """Whether to run the numba kernel on `array` (a large C-contiguous float32/64 host array)."""
-    return (
-        enabled
-        and isinstance(array, np.ndarray)
-        and array.size >= min_size
-        and array.dtype in (np.float32, np.float64)
-        and array.flags.c_contiguous
-    )
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes the kernels are compiled for
 
 
 if AVAILABLE:
@@ -102,7 +97,7 @@ if AVAILABLE:
     # ------------------------------------------------------------ kernels
 
     @_jit
-    def gelu_forward(x, y, k):
+    def _gelu_forward_loop(x, y, k):
         """y = GELU(x); 1-D arrays; k = (sqrt(2/pi), 0.044715, 0.5, 1) in x's dtype.
 
         Constants come in as an array of x's dtype because numba would compute float32 data in
@@ -114,7 +109,7 @@ if AVAILABLE:
             y[i] = half * v * (one + fast_tanh(c * (v + a * v * v * v)))
 
     @_jit
-    def gelu_backward(gy, x, out, k):
+    def _gelu_backward_loop(gy, x, out, k):
         """out = d GELU(x) / dx * gy, recomputing tanh (cheaper than keeping it); 1-D arrays; k as above."""
         c, a, half, one = k[0], k[1], k[2], k[3]
         three_a = a + a + a
@@ -124,7 +119,7 @@ if AVAILABLE:
             out[i] = gy[i] * (half * (one + tt) + half * v * (one - tt * tt) * c * (one + three_a * v * v))
 
     @_jit
-    def layer_norm_forward(x, w, b, eps, y, xhat, rstd):
+    def _layer_norm_forward_loop(x, w, b, eps, y, xhat, rstd):
         """Rows of x (N, C) -> y, with xhat and rstd (N,) saved for backward."""
         n, c = x.shape
         for r in prange(n):
@@ -144,7 +139,7 @@ if AVAILABLE:
                 y[r, j] = h * w[j] + b[j]
 
     @_jit
-    def layer_norm_backward(gy, xhat, rstd, w, gx, gw_parts, gb_parts):
+    def _layer_norm_backward_loop(gy, xhat, rstd, w, gx, gw_parts, gb_parts):
         """gx (N, C); per-chunk partial sums of gw and gb (n_chunks, C), summed by the caller."""
         n, c = gy.shape
         n_chunks = gw_parts.shape[0]
@@ -165,7 +160,7 @@ if AVAILABLE:
                     gx[r, j] = rstd[r] * (gy[r, j] * w[j] - m1 - xhat[r, j] * m2)
 
     @_jit
-    def attention_softmax_(att, scale, causal):
+    def _attention_softmax_loop(att, scale, causal):
         """In place: att (R, Tq, Tk) of raw scores -> softmax(scale * att) with the causal mask."""
         n_mat, t_q, t_k = att.shape
         for rr in prange(n_mat * t_q):
@@ -186,7 +181,7 @@ if AVAILABLE:
                 att[m, i, j] = 0.0
 
     @_jit
-    def attention_softmax_backward_(gatt, att, scale):
+    def _attention_softmax_backward_loop(gatt, att, scale):
         """In place: gatt <- scale * att * (gatt - sum(gatt * att)) along the last axis."""
         n_mat, t_q, t_k = att.shape
         for rr in prange(n_mat * t_q):
@@ -198,7 +193,7 @@ if AVAILABLE:
                 gatt[m, i, j] = scale * att[m, i, j] * (gatt[m, i, j] - s)
 
     @_jit_exact
-    def adamw_(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
+    def _adamw_loop(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
         """One AdamW step in place on flat arrays (torch.optim.AdamW's formula)."""
         step_size = lr / bias_c1
         decay = 1.0 - lr * weight_decay
@@ -209,3 +204,54 @@ if AVAILABLE:
             m[i] = mi
             v[i] = vi
             p[i] = p[i] * decay - step_size * mi / (math.sqrt(vi) / bias_c2_sqrt + eps)
+
+    # ------------------------------------------------------------ the public kernels: cuda.py's signatures
+
+    @functools.lru_cache(maxsize=4)
+    def _gelu_constants(dtype):
+        return np.asarray([GELU_C, 0.044715, 0.5, 1.0], dtype=dtype)
+
+    def gelu_forward(x):
+        """GELU(x) (GPT-2's tanh approximation) of a C-contiguous array, any shape."""
+        y = np.empty_like(x)
+        _gelu_forward_loop(x.reshape(-1), y.reshape(-1), _gelu_constants(x.dtype))
+        return y
+
+    def gelu_backward(gy, x):
+        """d GELU(x) / dx * gy, recomputing tanh (cheaper than keeping it); gy and x of one shape."""
+        gx = np.empty_like(x)
+        _gelu_backward_loop(gy.reshape(-1), x.reshape(-1), gx.reshape(-1), _gelu_constants(x.dtype))
+        return gx
+
+    def layer_norm_forward(x2, w, b, eps: float):
+        """Rows of x2 (N, C) -> (y, xhat, rstd): y and xhat (N, C), rstd (N,)."""
+        y, xhat, rstd = np.empty_like(x2), np.empty_like(x2), np.empty(x2.shape[0], x2.dtype)
+        _layer_norm_forward_loop(x2, w, b, eps, y, xhat, rstd)
+        return y, xhat, rstd
+
+    def layer_norm_backward(gy2, xhat, rstd, w):
+        """(gx (N, C), gw (C,), gb (C,)) from gy2, xhat (N, C), rstd (N,) and w (C,)."""
+        n, c = gy2.shape
+        gx = np.empty_like(gy2)
+        n_chunks = min(64, n)
+        gw_parts, gb_parts = np.zeros((2, n_chunks, c), dtype=gy2.dtype)
+        _layer_norm_backward_loop(gy2, xhat, rstd, w, gx, gw_parts, gb_parts)
+        return gx, gw_parts.sum(axis=0), gb_parts.sum(axis=0)
+
+    def attention_softmax_(att, scale: float, causal: bool) -> None:
+        """In place: att (R, Tq, Tk) of raw scores -> softmax(scale * att) with the bottom-right causal mask."""
+        _attention_softmax_loop(att, att.dtype.type(scale), causal)
+
+    def attention_softmax_backward_(gatt, att, scale: float) -> None:
+        """In place: gatt (R, Tq, Tk) <- scale * att * (gatt - sum(gatt * att)) along the last axis."""
+        _attention_softmax_backward_loop(gatt, att, att.dtype.type(scale))
+
+    def adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt) -> None:
+        """One AdamW step in place on C-contiguous arrays of one shape (grad is only read)."""
+        flat = [a.reshape(-1) for a in (param, grad, exp_avg, exp_avg_sq)]  # views: the arrays are contiguous
+        _adamw_loop(*flat, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt)
+
+    KERNELS = {f.__name__: f for f in (gelu_forward, gelu_backward, layer_norm_forward, layer_norm_backward,
+                                       attention_softmax_, attention_softmax_backward_, adamw_)}
+else:
+    KERNELS = {}
