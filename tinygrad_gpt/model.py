@@ -249,6 +249,35 @@ class GPT(Module):
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
 
+    def optimizer_groups(self) -> tuple[list[dict], list[dict]]:
+        """The speedrun's split: Muon for the blocks' hidden matrices, AdamW for everything else.
+
+        Every parameter is in exactly one group; empty groups are left out. Each group has a "name",
+        so a caller can give each its own learning rate (`group["lr"] = lrs[group["name"]]`).
+        Returns:
+            (muon_groups, adamw_groups):
+            muon_groups for tinygrad_gpt.optim.Muon: "qkv" (every attn.c_attn.weight, muon_blocks=3:
+            q, k and v orthogonalised as three square matrices) and "hidden" (attn.c_proj, mlp.c_fc,
+            mlp.c_proj weights);
+            adamw_groups for AdamW, without weight decay: "embeddings" (wte, and wpe when learned;
+            wte is also the head when tied), "head" (lm_head.weight when untied) and "scalars"
+            (norm gains, biases).
+        """
+        kinds: dict[str, list] = {"qkv": [], "hidden": [], "embeddings": [], "head": [], "scalars": []}
+        for name, p in self.named_parameters():
+            if p.ndim < 2:
+                kind = "scalars"
+            elif name.startswith("h."):
+                kind = "qkv" if name.endswith("attn.c_attn.weight") else "hidden"
+            else:
+                kind = "head" if name == "lm_head.weight" else "embeddings"
+            kinds[kind].append(p)
+        muon = [{"name": "qkv", "params": kinds["qkv"], "muon_blocks": 3},
+                {"name": "hidden", "params": kinds["hidden"]}]
+        adamw = [{"name": kind, "params": kinds[kind], "weight_decay": 0.0}
+                 for kind in ("embeddings", "head", "scalars")]
+        return [g for g in muon if g["params"]], [g for g in adamw if g["params"]]
+
     def extra_repr(self) -> str:
         return f"{self.num_parameters():,} parameters"
 
