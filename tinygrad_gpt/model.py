@@ -3,9 +3,12 @@
 Parameter names and shapes equal those of Hugging Face GPT-2's `model.safetensors` (wte, wpe,
 h.{i}.ln_1, h.{i}.attn.c_attn, ...; Linear weights stored (in, out)), so a GPT-2 checkpoint loads
 one to one. The config also offers the variants tutorials teach: ReLU instead of GELU, GPT-1's
-post-LayerNorm blocks, fixed sinusoidal position encodings and an untied LM head.
+post-LayerNorm blocks, fixed sinusoidal position encodings and an untied LM head; and the modern
+recipe of the NanoGPT speedrun: rotary embeddings, RMSNorm, QK-norm, ReLU^2, tanh logit soft-capping
+and a zero-initialised untied head (train its hidden matrices with optim.Muon: `optimizer_groups`).
 
-References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (Radford et al. 2018).
+References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (Radford et al. 2018),
+modded-nanogpt (Keller Jordan et al. 2024).
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import math
 from dataclasses import dataclass
 
 from tinygrad_gpt import backend
-from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU
+from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU, ReLU2, RMSNorm
 from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.tensor import Tensor, is_grad_enabled, no_grad
 
-_CHOICES = {"activation": ("gelu", "relu"), "norm": ("pre", "post"), "pos_encoding": ("learned", "sinusoidal")}
+_CHOICES = {
+    "activation": ("gelu", "relu", "relu2"),
+    "norm": ("pre", "post"),
+    "pos_encoding": ("learned", "sinusoidal", "rope"),
+    "norm_type": ("layernorm", "rmsnorm"),
+}
 
 _PRESETS = {  # GPT-2's four sizes; all use vocab_size=50257 and block_size=1024
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),  # 124M parameters
@@ -39,10 +47,19 @@ class GPTConfig:
     n_embd: int = 768  # width of the residual stream
     dropout: float = 0.0  # dropout after embeddings and on residual branches; 0.0 for pretraining, ~0.1 to finetune
     bias: bool = True  # biases in Linear and LayerNorm layers, as GPT-2 (False is a bit better and faster)
-    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2, tanh approximation) or 'relu'
+    activation: str = "gelu"  # MLP nonlinearity: 'gelu' (GPT-2, tanh approximation), 'relu' or 'relu2' (relu(x)^2)
     norm: str = "pre"  # 'pre': LayerNorm before each sublayer + ln_f (GPT-2); 'post': after each residual add (GPT-1)
-    pos_encoding: str = "learned"  # 'learned' position embeddings wpe (GPT-2) or fixed 'sinusoidal' (Vaswani et al.)
+    # 'learned' position embeddings wpe (GPT-2), fixed 'sinusoidal' (Vaswani et al.) added to the token embeddings,
+    # or 'rope': rotary embeddings of q and k in every attention layer (no wpe; head_size must be even)
+    pos_encoding: str = "learned"
     tie_weights: bool = True  # the LM head reuses wte's matrix (GPT-2); False gives it its own lm_head.weight
+    # the modern recipe's options (modded-nanogpt's speedrun); their defaults keep GPT-2
+    norm_type: str = "layernorm"  # ln_1, ln_2, ln_f: 'layernorm' (GPT-2) or 'rmsnorm' (gain only: no mean, no bias)
+    norm_eps: float = 1e-5  # epsilon of every LayerNorm / RMSNorm, the qk_norm ones included
+    qk_norm: bool = False  # RMSNorm of each head's q and k (gains attn.q_norm, attn.k_norm) before RoPE and attention
+    rope_base: float = 10000.0  # base of the rotary frequencies when pos_encoding='rope'
+    logit_softcap: float | None = None  # logits = cap * tanh(logits / cap), e.g. 30.0 (the speedrun); None: off
+    zero_init_head: bool = False  # start the untied LM head at zero (needs tie_weights=False), as the speedrun
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -56,9 +73,24 @@ class GPTConfig:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"GPTConfig: {name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("bias", "tie_weights"):
+        for name in ("bias", "tie_weights", "qk_norm", "zero_init_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        self._check_modern_options()
+
+    def _check_modern_options(self) -> None:
+        for name in ("norm_eps", "rope_base"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"GPTConfig: {name} must be a positive number, got {value!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
+            raise ValueError(f"GPTConfig: logit_softcap must be a positive number or None, got {cap!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"GPTConfig: pos_encoding='rope' needs an even head size, got n_embd // n_head = "
+                             f"{self.n_embd // self.n_head}")
+        if self.zero_init_head and self.tie_weights:
+            raise ValueError("GPTConfig: zero_init_head=True needs tie_weights=False (a zero wte would be useless)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> GPTConfig:
@@ -80,15 +112,23 @@ class CausalSelfAttention(Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v projection
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
+        hs = config.n_embd // config.n_head
+        self.q_norm = RMSNorm(hs, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(hs, eps=config.norm_eps) if config.qk_norm else None
+        self.rope_cos = self.rope_sin = None
+        if config.pos_encoding == "rope":  # buffers (moved and cast by Module.to), not parameters
+            cos, sin = F.rotary_tables(config.block_size, hs, config.rope_base)  # (block_size, hs / 2)
+            self.rope_cos, self.rope_sin = Tensor(cos), Tensor(sin)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
         """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
         B, T, C = x.shape
         hs = C // self.n_head
+        qkv = self._qk_norm_rotary(self.c_attn(x), kv_cache.length if kv_cache is not None else 0)  # (B, T, 3C)
         if kv_cache is None:  # training and full-context inference: one fused Function, no head copies
-            y = F.causal_self_attention(self.c_attn(x), self.n_head)  # (B, T, 3C) -> (B, T, C)
+            y = F.causal_self_attention(qkv, self.n_head)  # (B, T, 3C) -> (B, T, C)
             return self.resid_dropout(self.c_proj(y))
-        q, k, v = self.c_attn(x).split(C, axis=2)  # 3 x (B, T, C)
+        q, k, v = qkv.split(C, axis=2)  # 3 x (B, T, C)
         q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -98,6 +138,18 @@ class CausalSelfAttention(Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
+    def _qk_norm_rotary(self, qkv: Tensor, start: int) -> Tensor:
+        """QK-norm and RoPE of the q and k heads in qkv (B, T, 3C) at positions start.. (GPT-2: qkv itself)."""
+        if self.q_norm is None and self.rope_cos is None:
+            return qkv
+        cos = sin = None
+        if self.rope_cos is not None:
+            end = start + qkv.shape[1]
+            cos, sin = self.rope_cos.data[start:end], self.rope_sin.data[start:end]  # (T, hs / 2)
+        q_weight, k_weight = (self.q_norm.weight, self.k_norm.weight) if self.q_norm is not None else (None, None)
+        eps = self.q_norm.eps if self.q_norm is not None else 0.0
+        return F.qk_norm_rotary(qkv, self.n_head, q_weight, k_weight, cos=cos, sin=sin, eps=eps)
+
 
 class MLP(Module):
     """Position-wise feed-forward network: expand 4x, nonlinearity, project back."""
@@ -105,7 +157,7 @@ class MLP(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = GELU() if config.activation == "gelu" else ReLU()
+        self.act = {"gelu": GELU, "relu": ReLU, "relu2": ReLU2}[config.activation]()
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
@@ -120,9 +172,9 @@ class Block(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -166,12 +218,12 @@ class GPT(Module):
         self.wte = Embedding(config.vocab_size, config.n_embd)  # token embeddings (and the tied LM head)
         if config.pos_encoding == "learned":
             self.wpe = Embedding(config.block_size, config.n_embd)
-        else:
+        elif config.pos_encoding == "sinusoidal":
             self.pos_table = sinusoidal_positions(config.block_size, config.n_embd)  # a buffer, not a parameter
         self.drop = Dropout(config.dropout)
         self.h = ModuleList(Block(config) for _ in range(config.n_layer))
         if config.norm == "pre":  # post-norm blocks already end in a LayerNorm (GPT-1 has no ln_f)
-            self.ln_f = LayerNorm(config.n_embd, bias=config.bias)
+            self.ln_f = _norm(config)
         if not config.tie_weights:
             self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self._init_weights()
@@ -186,7 +238,9 @@ class GPT(Module):
                 w.data[...] = backend.randn(w.shape, w.dtype, w.device) * std
             if isinstance(module, Linear) and module.bias is not None:
                 module.bias.data[...] = 0.0
-        # LayerNorms keep their ones / zeros
+        if self.config.zero_init_head:
+            self.lm_head.weight.data[...] = 0.0
+        # LayerNorms and RMSNorms keep their ones / zeros
 
     @property
     def device(self) -> str:
@@ -216,7 +270,9 @@ class GPT(Module):
         if start + T > self.config.block_size:
             cached = f" after {start} cached positions" if start else ""
             raise ValueError(f"sequence length {T}{cached} is longer than block_size {self.config.block_size}")
-        x = self.wte(idx) + self._positions(start, T)  # (B, T, C) + (T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.pos_encoding != "rope":  # RoPE rotates q and k in every attention layer instead
+            x = x + self._positions(start, T)  # (B, T, C) + (T, C)
         x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, kv_cache, i)  # (B, T, C)
@@ -227,7 +283,10 @@ class GPT(Module):
     def lm_logits(self, x: Tensor) -> Tensor:
         """The LM head: (B, T, C) -> (B, T, vocab_size)."""
         head = self.wte.weight.T if self.config.tie_weights else self.lm_head.weight  # (C, vocab_size)
-        return F.linear(x, head)
+        logits = F.linear(x, head)
+        if self.config.logit_softcap is not None:
+            logits = F.softcap(logits, self.config.logit_softcap)  # cap * tanh(logits / cap)
+        return logits
 
     def _positions(self, start: int, T: int) -> Tensor:
         """Position vectors of positions start .. start + T - 1: (T, C)."""
@@ -326,6 +385,13 @@ class GPT(Module):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _norm(config: GPTConfig) -> Module:
+    """The normalisation layer of ln_1, ln_2 and ln_f."""
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.n_embd, eps=config.norm_eps)
+    return LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
 
 
 def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
