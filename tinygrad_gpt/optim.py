@@ -524,10 +524,10 @@ def zeropower_via_newtonschulz5(G, steps: int = 5):
     """
     xp = backend.get_array_module(G)
     a, b, c = _NS_COEFFICIENTS
-    X = G.astype(xp.float64 if G.dtype == xp.float64 else xp.float32)  # a copy
-    transposed = X.shape[-2] > X.shape[-1]
-    if transposed:
-        X = xp.swapaxes(X, -1, -2)  # (..., cols, rows): A = X X^T is the smaller Gram matrix
+    transposed = G.shape[-2] > G.shape[-1]
+    X = xp.swapaxes(G, -1, -2) if transposed else G  # (..., small, large): A = X X^T is the smaller Gram matrix
+    # NOTE: a C-contiguous copy: NumPy's matmul falls back to a slow loop on other strides
+    X = X.astype(xp.float64 if G.dtype == xp.float64 else xp.float32, order="C")
     X /= xp.sqrt((X * X).sum(axis=(-2, -1), keepdims=True)) + 1e-7
     for _ in range(steps):
         A = xp.matmul(X, xp.swapaxes(X, -1, -2))  # (..., r, r)
