@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import tinygrad_gpt
 from helpers import HAS_TORCH, requires_torch
 from tinygrad_gpt import Tensor
+from tinygrad_gpt.checkpoint import flatten_state, unflatten_state
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.optim import AdamW, Muon, zeropower_via_newtonschulz5
+from tinygrad_gpt.optim import AdamW, MultiOptimizer, Muon, zeropower_via_newtonschulz5
 
 if HAS_TORCH:
     import torch
@@ -227,3 +230,56 @@ def test_muon_with_adamw_trains_a_tiny_gpt():
             opt.step()
         losses.append(loss.item())
     assert losses[0] > 2.0 and losses[-1] < 0.1, losses[::10]
+
+
+def _train_steps(model, optimizer, steps: int, seed: int = 3) -> list[float]:
+    idx = np.random.default_rng(seed).integers(0, 16, size=(4, 17))
+    idx[:, 0] = np.arange(4)
+    losses = []
+    for _ in range(steps):
+        _, loss = model(idx[:, :-1], idx[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _muon_adamw(model) -> MultiOptimizer:
+    muon_groups, adamw_groups = model.optimizer_groups()
+    return MultiOptimizer([Muon(muon_groups, lr=0.02), AdamW(adamw_groups, lr=1e-2)])
+
+
+def test_multi_optimizer_resumes_exactly_through_a_checkpoint_layout():
+    model = _tiny_gpt(tie_weights=False)
+    optimizer = _muon_adamw(model)
+    assert [g["name"] for g in optimizer.param_groups] == ["qkv", "hidden", "embeddings", "head", "scalars"]
+    _train_steps(model, optimizer, 3)
+    tensors, skeleton = flatten_state(optimizer.state_dict())  # what checkpoint.save_checkpoint stores
+    saved_state = unflatten_state(tensors, json.loads(json.dumps(skeleton)))
+    saved_weights = {k: v.copy() for k, v in model.state_dict().items()}
+    expected = _train_steps(model, optimizer, 4, seed=4)
+
+    resumed = _tiny_gpt(tie_weights=False)
+    resumed.load_state_dict(saved_weights)
+    resumed_optimizer = _muon_adamw(resumed)
+    resumed_optimizer.load_state_dict(saved_state)
+    assert _train_steps(resumed, resumed_optimizer, 4, seed=4) == expected  # bit for bit
+
+
+def test_multi_optimizer_load_checks_types_and_rolls_back():
+    model = _tiny_gpt()
+    optimizer = _muon_adamw(model)
+    _train_steps(model, optimizer, 1)
+    saved = optimizer.state_dict()
+    with pytest.raises(ValueError, match=r"saved optimizers \['Muon'\], this MultiOptimizer has \['Muon', 'AdamW'\]"):
+        optimizer.load_state_dict({"optimizers": saved["optimizers"][:1], "types": ["Muon"]})
+    bad = optimizer.state_dict()
+    bad["optimizers"][0]["param_groups"][0]["lr"] = 1.0  # a good Muon part, then a broken AdamW part
+    bad["optimizers"][1]["param_groups"] = bad["optimizers"][1]["param_groups"][:1]
+    with pytest.raises(ValueError, match="parameter groups saved"):
+        optimizer.load_state_dict(bad)
+    assert optimizer.param_groups[0]["lr"] == 0.02  # the Muon part was rolled back
+    with pytest.raises(TypeError, match="non-empty list of optimizers"):
+        MultiOptimizer([])
+    assert repr(optimizer).startswith("MultiOptimizer(Muon(")

@@ -1,4 +1,4 @@
-"""Optimizers (SGD, Adam, AdamW, Muon), gradient clipping, nanoGPT's cosine and the speedrun's WSD schedules.
+"""Optimizers (SGD, Adam, AdamW, Muon; MultiOptimizer), gradient clipping, the cosine and WSD schedules.
 
 The optimizers follow torch.optim: `params` is an iterable of Tensors or a list of parameter groups
 (dicts with "params" and their own hyperparameters), `optimizer.param_groups[i]["lr"]` may be set
@@ -676,3 +676,54 @@ def wsd_lr(it: int, learning_rate: float, warmup_iters: int, max_iters: int, dec
         return learning_rate
     progress = (it - decay_start) / decay_iters  # from 0 at decay_start to 1 at max_iters
     return learning_rate + progress * (min_lr - learning_rate)
+
+
+# ---------------------------------------------------------------- several optimizers as one
+
+
+class MultiOptimizer:
+    """Several optimizers used as one (Muon for the hidden matrices, AdamW for the rest): one step, one state_dict.
+
+    `param_groups` lists every optimizer's groups (the same dicts, so setting `group["lr"]` works),
+    which is all a training loop, gradient clipping or AMP's `GradScaler.step` needs.
+    """
+
+    def __init__(self, optimizers):
+        self.optimizers = list(optimizers)
+        if not self.optimizers or not all(isinstance(o, Optimizer) for o in self.optimizers):
+            raise TypeError("MultiOptimizer needs a non-empty list of optimizers")
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for o in self.optimizers for group in o.param_groups]
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers:
+            o.zero_grad()
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        """{"optimizers": [each optimizer's state_dict()], "types": [their class names]}."""
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "types": [type(o).__name__ for o in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore every optimizer; on an error none is changed (the ones already loaded are rolled back)."""
+        types = [type(o).__name__ for o in self.optimizers]
+        if not isinstance(state_dict, dict) or state_dict.get("types") != types:
+            saved = state_dict.get("types") if isinstance(state_dict, dict) else None
+            raise ValueError(f"load_state_dict: saved optimizers {saved}, this MultiOptimizer has {types}")
+        before = [o.state_dict() for o in self.optimizers]
+        try:
+            for o, saved in zip(self.optimizers, state_dict["optimizers"]):
+                o.load_state_dict(saved)
+        except ValueError:
+            for o, old in zip(self.optimizers, before):
+                o.load_state_dict(old)
+            raise
+
+    def __repr__(self) -> str:
+        return "MultiOptimizer(" + ", ".join(repr(o) for o in self.optimizers) + ")"
