@@ -153,7 +153,7 @@ def test_fused_functions_keep_float32():
     [
         (lambda: F.rms_norm(Tensor(np.ones((2, 3))), Tensor(np.ones(4))), r"rms_norm: input of shape \(2, 3\)"),
         (lambda: F.rotary(Tensor(np.ones((2, 4))), *_tables(3, 4)), r"cos and sin of shape \(2, 2\), got \(3, 2\)"),
-        (lambda: F.rotary(Tensor(np.ones((2, 5))), np.ones((2, 2)), np.ones((2, 2))), "even last axis"),
+        (lambda: F.rotary(Tensor(np.ones((2, 5))), np.ones((2, 2)), np.ones((2, 2))), "odd head size 5"),
         (lambda: F.qk_norm_rotary(Tensor(np.ones((1, 2, 12))), 2, Tensor(np.ones(2))), "both q_weight and k_weight"),
         (lambda: F.qk_norm_rotary(Tensor(np.ones((1, 2, 10))), 3), r"qkv of shape \(1, 2, 10\)"),
         (lambda: F.softcap(Tensor(np.ones(2)), 0.0), "cap must be a positive"),

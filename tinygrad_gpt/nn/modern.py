@@ -117,11 +117,11 @@ class Rotary(Function):
         return _rotate(gy, self.cos, -self.sin, backend.get_array_module(gy).empty_like(gy))  # rotate back
 
 
-def _check_tables(name: str, x: Tensor, cos, sin, time_axis: int):
-    """cos, sin as raw arrays of x's dtype and device, shaped (T, hs/2) for x's time axis."""
-    if x.ndim < 2 or x.shape[-1] % 2 != 0:
-        raise ValueError(f"{name}: input of shape {x.shape} needs an even last axis (head_size)")
-    want = (x.shape[time_axis], x.shape[-1] // 2)
+def _check_tables(name: str, x: Tensor, cos, sin, n_positions: int, head_size: int):
+    """cos, sin as raw arrays of x's dtype and device, checked to be (n_positions, head_size / 2)."""
+    if head_size % 2 != 0:
+        raise ValueError(f"{name}: input of shape {x.shape} has an odd head size {head_size}; RoPE needs it even")
+    want = (n_positions, head_size // 2)
     tables = []
     for table in (cos, sin):
         table = backend.asarray(_raw(table), dtype=x.dtype, device=x.device)
@@ -141,7 +141,9 @@ def rotary(x: Tensor, cos, sin) -> Tensor:
     Returns:
         (..., T, hs): [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the halves of the last axis.
     """
-    cos, sin = _check_tables("rotary", x, cos, sin, -2)
+    if x.ndim < 2:
+        raise ValueError(f"rotary: input of shape {x.shape} is not (..., T, hs)")
+    cos, sin = _check_tables("rotary", x, cos, sin, x.shape[-2], x.shape[-1])
     return Rotary.apply(x, cos=cos, sin=sin)
 
 
@@ -179,14 +181,15 @@ class QKNormRotary(Function):
         gqkv[:, :, 2] = g_heads[:, :, 2]
         gws = []
         for i, w in enumerate(self.weights):
-            g = g_heads[:, :, i]
-            if self.cos is not None:
-                g = _rotate(g, self.cos, -self.sin, xp.empty_like(g))  # rotate the gradient back
+            g, out = g_heads[:, :, i], gqkv[:, :, i]
+            if self.cos is not None:  # rotate the gradient back, straight into place when no norm follows
+                g = _rotate(g, self.cos, -self.sin, out if w is None else xp.empty_like(g))
             if w is not None:
                 xhat, rstd = self.saved[i]
                 g, gw = _rms_norm_backward(g, xhat, rstd, w, self.needs_grad[1 + i])
                 gws.append(gw)
-            gqkv[:, :, i] = g
+            if g is not out:
+                out[...] = g
         return (gqkv.reshape(gy.shape), *gws)
 
 
@@ -211,9 +214,8 @@ def qk_norm_rotary(qkv: Tensor, n_head: int, q_weight: Tensor | None = None, k_w
     if (q_weight is None) != (k_weight is None) or (cos is None) != (sin is None):
         raise ValueError("qk_norm_rotary: give both q_weight and k_weight or neither, and both cos and sin or neither")
     hs = qkv.shape[-1] // (3 * n_head)
-    heads_view = qkv.reshape(*qkv.shape[:2], 3 * n_head, hs)  # for the checks only: (B, T, 3 nh, hs)
     if cos is not None:
-        cos, sin = _check_tables("qk_norm_rotary", heads_view, cos, sin, 1)
+        cos, sin = _check_tables("qk_norm_rotary", qkv, cos, sin, qkv.shape[1], hs)
     weights = ()
     if q_weight is not None:
         if q_weight.shape != (hs,) or k_weight.shape != (hs,):
