@@ -148,6 +148,20 @@ def test_fused_functions_keep_float32():
     assert x.grad.dtype == np.float32
 
 
+def test_float16_rms_norm_sums_in_float32():
+    x = np.random.default_rng(0).standard_normal((3, 64)) * 100  # sum of squares ~ 640,000 > float16's max 65,504
+    w = np.linspace(0.5, 1.5, 64)
+    x16 = Tensor(x, requires_grad=True, dtype=np.float16)
+    w16 = Tensor(w, requires_grad=True, dtype=np.float16)
+    y = F.rms_norm(x16, w16)
+    y.sum().backward()
+    x64, w64 = _param(x16.numpy().astype(np.float64)), _param(w16.numpy().astype(np.float64))
+    F.rms_norm(x64, w64).sum().backward()
+    assert y.dtype == x16.grad.dtype == w16.grad.dtype == np.float16
+    for ours, ref in [(y, F.rms_norm(x64, w64)), (x16.grad, x64.grad), (w16.grad, w64.grad)]:
+        np.testing.assert_allclose(ours.numpy().astype(np.float64), ref.numpy(), rtol=1e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

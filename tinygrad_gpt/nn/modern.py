@@ -20,28 +20,38 @@ from tinygrad_gpt.tensor import Function, Tensor, _raw
 # ---------------------------------------------------------------- raw-array kernels, shared by the Functions
 
 
+def _einsum(subscripts: str, a, b):
+    """einsum without temporaries; float16 sums accumulate in float32 (a float16 sum of squares overflows at 65504)."""
+    xp = backend.get_array_module(a)
+    if a.dtype == xp.float16:
+        return xp.einsum(subscripts, a, b, dtype=xp.float32)
+    return xp.einsum(subscripts, a, b)
+
+
 def _rms_norm_forward(x, w, eps: float):
     """[..., C], [C] -> y = xhat * w, xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps) [..., 1]."""
     xp = backend.get_array_module(x)
-    ms = xp.einsum("...i,...i->...", x, x)[..., None]  # sum of squares without an (..., C) temporary
+    ms = _einsum("...i,...i->...", x, x)[..., None]  # sum of squares without an (..., C) temporary
     ms *= 1.0 / x.shape[-1]
     ms += eps
     rstd = xp.sqrt(ms, out=ms)
     xp.divide(1.0, rstd, out=rstd)
+    rstd = rstd.astype(x.dtype, copy=False)
     xhat = x * rstd
     return xhat * w, xhat, rstd
 
 
 def _rms_norm_backward(gy, xhat, rstd, w, needs_w: bool = True):
     """Gradients w.r.t. x and w of y = (x * rstd) * w, from the saved xhat and rstd."""
-    xp = backend.get_array_module(gy)
     C = gy.shape[-1]
-    gw = xp.einsum("ni,ni->i", gy.reshape(-1, C), xhat.reshape(-1, C)) if needs_w else None  # summed over rows
+    gw = None
+    if needs_w:  # summed over every row
+        gw = _einsum("ni,ni->i", gy.reshape(-1, C), xhat.reshape(-1, C)).astype(gy.dtype, copy=False)
     gx = gy * w  # d loss / d xhat
     # NOTE: d xhat_i / d x_j = rstd (delta_ij - xhat_i xhat_j / C): remove gx's projection on xhat
-    proj = xp.einsum("...i,...i->...", gx, xhat)[..., None]
+    proj = _einsum("...i,...i->...", gx, xhat)[..., None]
     proj *= 1.0 / C
-    gx -= xhat * proj
+    gx -= xhat * proj.astype(gx.dtype, copy=False)
     gx *= rstd
     return gx, gw
 
