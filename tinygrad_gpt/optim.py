@@ -549,6 +549,10 @@ class Muon(Optimizer):
         u = zeropower_via_newtonschulz5(u) * sqrt(max(1, rows / cols))
         W *= 1 - lr * weight_decay;  W -= lr * u
 
+    This is modded-nanogpt's form. The later `momentum.lerp_(grad, 1 - momentum)` form scales m and u
+    by (1 - momentum), which the normalisation inside Newton-Schulz removes (up to its 1e-7), so both
+    give the same step. Newton-Schulz runs in float32 here, where the reference GPU code uses bfloat16.
+
     NOTE: rows and cols are torch's (out_features, in_features). Our Linear stores W as (in, out),
     so the update is computed on the (out, in) view W^T; the orthogonalisation is transpose-
     equivariant but the scale is not, and this way the result equals torch's Muon on the same layer.
