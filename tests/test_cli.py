@@ -493,7 +493,7 @@ def test_model_flags_are_gptconfigs_fields_and_round_trip():
     flags = {flag.name: flag for flag in flags_of(TrainConfig)}
     model_fields = [f.name for f in dataclasses.fields(GPTConfig) if f.name != "vocab_size"]
     assert [name for name, flag in flags.items() if flag.section == "model"] == model_fields
-    assert flags["activation"].choices == ("gelu", "relu") and flags["n_layer"].default == 4
+    assert flags["activation"].choices == ("gelu", "relu", "relu2") and flags["n_layer"].default == 4
     config = build_config(TrainConfig, {"n_layer": 2, "activation": "relu", "batch_size": 3})
     model = config.model
     assert (model.n_layer, model.activation, model.n_embd, config.batch_size) == (2, "relu", 128, 3)

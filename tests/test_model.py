@@ -329,7 +329,7 @@ def test_forward_errors():
         (dict(dropout=1.0), "dropout"),
         (dict(activation="swish"), "activation"),
         (dict(norm="sandwich"), "norm"),
-        (dict(pos_encoding="rope"), "pos_encoding"),
+        (dict(pos_encoding="alibi"), "pos_encoding"),
         (dict(bias="yes"), "bias"),
     ],
 )

@@ -3,9 +3,12 @@
 Parameter names and shapes equal those of Hugging Face GPT-2's `model.safetensors` (wte, wpe,
 h.{i}.ln_1, h.{i}.attn.c_attn, ...; Linear weights stored (in, out)), so a GPT-2 checkpoint loads
 one to one. The config also offers the variants tutorials teach: ReLU instead of GELU, GPT-1's
-post-LayerNorm blocks, fixed sinusoidal position encodings and an untied LM head.
+post-LayerNorm blocks, fixed sinusoidal position encodings and an untied LM head; and the modern
+recipe of the NanoGPT speedrun: rotary embeddings, RMSNorm, QK-norm, ReLU^2, tanh logit soft-capping
+and a zero-initialised untied head (train its hidden matrices with optim.Muon: `optimizer_groups`).
 
-References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (Radford et al. 2018).
+References: nanoGPT's model.py (Karpathy), GPT-2 (Radford et al. 2019), GPT-1 (Radford et al. 2018),
+modded-nanogpt (Keller Jordan et al. 2024).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 from dataclasses import dataclass, field, fields
 
 from tinygrad_gpt import backend
-from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU
+from tinygrad_gpt.nn import GELU, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, ReLU, ReLU2, RMSNorm
 from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.tensor import Tensor, is_grad_enabled, no_grad
 
@@ -46,14 +49,28 @@ class GPTConfig:
     # True as GPT-2; False is a bit better and faster
     bias: bool = _field(True, "biases in Linear and LayerNorm layers")
     # GPT-2's GELU is the tanh approximation
-    activation: str = _field("gelu", "MLP nonlinearity", choices=("gelu", "relu"))
+    activation: str = _field(
+        "gelu", "MLP nonlinearity (relu2: relu(x)^2, the speedrun's)", choices=("gelu", "relu", "relu2")
+    )
     norm: str = _field(
         "pre", "LayerNorm before each sublayer, plus ln_f (GPT-2), or after each residual add (GPT-1)", ("pre", "post")
     )
-    # 'sinusoidal': the fixed encodings of Vaswani et al.
-    pos_encoding: str = _field("learned", "position encoding", choices=("learned", "sinusoidal"))
+    # 'sinusoidal': the fixed encodings of Vaswani et al.; 'rope': rotary q and k in every layer (no wpe)
+    pos_encoding: str = _field(
+        "learned", "position encoding (rope needs an even head size)", choices=("learned", "sinusoidal", "rope")
+    )
     tie_weights: bool = _field(True, "share the token embedding wte with the output layer (GPT-2)")
-    layer_norm_epsilon: float = _field(1e-5, "added to the variance in every LayerNorm (GPT-2's value)")
+    layer_norm_epsilon: float = _field(
+        1e-5, "added to the variance in every LayerNorm / RMSNorm, qk_norm's included (GPT-2's value)"
+    )
+    # the modern recipe's options (modded-nanogpt's speedrun); their defaults keep GPT-2
+    norm_type: str = _field(
+        "layernorm", "ln_1, ln_2, ln_f: LayerNorm (GPT-2) or RMSNorm (gain only)", choices=("layernorm", "rmsnorm")
+    )
+    qk_norm: bool = _field(False, "RMSNorm of each head's q and k before RoPE and attention")
+    rope_base: float = _field(10000.0, "base of the rotary frequencies (pos_encoding rope)")
+    logit_softcap: float | None = _field(None, "logits = cap * tanh(logits / cap), e.g. 30 (None: off)")
+    zero_init_head: bool = _field(False, "start the untied LM head at zero (needs --tie_weights false)")
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -68,11 +85,24 @@ class GPTConfig:
             value, choices = getattr(self, f.name), f.metadata["choices"]
             if choices and value not in choices:
                 raise ValueError(f"GPTConfig: {f.name} must be one of {choices}, got {value!r}")
-        if not isinstance(self.layer_norm_epsilon, (int, float)) or not self.layer_norm_epsilon > 0:
-            raise ValueError(f"GPTConfig: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
-        for name in ("bias", "tie_weights"):
+        for name in ("bias", "tie_weights", "qk_norm", "zero_init_head"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        self._check_modern_options()
+
+    def _check_modern_options(self) -> None:
+        for name in ("layer_norm_epsilon", "rope_base"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ValueError(f"GPTConfig: {name} must be a positive number, got {value!r}")
+        cap = self.logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap < math.inf):
+            raise ValueError(f"GPTConfig: logit_softcap must be a positive number or None, got {cap!r}")
+        if self.pos_encoding == "rope" and (self.n_embd // self.n_head) % 2 != 0:
+            raise ValueError(f"GPTConfig: pos_encoding='rope' needs an even head size, got n_embd // n_head = "
+                             f"{self.n_embd // self.n_head}")
+        if self.zero_init_head and self.tie_weights:
+            raise ValueError("GPTConfig: zero_init_head=True needs tie_weights=False (a zero wte would be useless)")
 
     def architecture(self) -> dict:
         """Every field but dropout: what a trained model's weights are made for, so resuming and fine-tuning keep it."""
@@ -98,15 +128,23 @@ class CausalSelfAttention(Module):
         self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # fused q, k, v projection
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
+        hs = config.n_embd // config.n_head
+        self.q_norm = RMSNorm(hs, eps=config.layer_norm_epsilon) if config.qk_norm else None
+        self.k_norm = RMSNorm(hs, eps=config.layer_norm_epsilon) if config.qk_norm else None
+        self.rope_cos = self.rope_sin = None
+        if config.pos_encoding == "rope":  # buffers (moved and cast by Module.to), not parameters
+            cos, sin = F.rotary_tables(config.block_size, hs, config.rope_base)  # (block_size, hs / 2)
+            self.rope_cos, self.rope_sin = Tensor(cos), Tensor(sin)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
         """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
         B, T, C = x.shape
         hs = C // self.n_head
+        qkv = self._qk_norm_rotary(self.c_attn(x), kv_cache.length if kv_cache is not None else 0)  # (B, T, 3C)
         if kv_cache is None:  # training and full-context inference: one fused Function, no head copies
-            y = F.causal_self_attention(self.c_attn(x), self.n_head)  # (B, T, 3C) -> (B, T, C)
+            y = F.causal_self_attention(qkv, self.n_head)  # (B, T, 3C) -> (B, T, C)
             return self.resid_dropout(self.c_proj(y))
-        q, k, v = self.c_attn(x).split(C, axis=2)  # 3 x (B, T, C)
+        q, k, v = qkv.split(C, axis=2)  # 3 x (B, T, C)
         q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -116,6 +154,18 @@ class CausalSelfAttention(Module):
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
+    def _qk_norm_rotary(self, qkv: Tensor, start: int) -> Tensor:
+        """QK-norm and RoPE of the q and k heads in qkv (B, T, 3C) at positions start.. (GPT-2: qkv itself)."""
+        if self.q_norm is None and self.rope_cos is None:
+            return qkv
+        cos = sin = None
+        if self.rope_cos is not None:
+            end = start + qkv.shape[1]
+            cos, sin = self.rope_cos.data[start:end], self.rope_sin.data[start:end]  # (T, hs / 2)
+        q_weight, k_weight = (self.q_norm.weight, self.k_norm.weight) if self.q_norm is not None else (None, None)
+        eps = self.q_norm.eps if self.q_norm is not None else 0.0
+        return F.qk_norm_rotary(qkv, self.n_head, q_weight, k_weight, cos=cos, sin=sin, eps=eps)
+
 
 class MLP(Module):
     """Position-wise feed-forward network: expand 4x, nonlinearity, project back."""
@@ -123,7 +173,7 @@ class MLP(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.act = GELU() if config.activation == "gelu" else ReLU()
+        self.act = {"gelu": GELU, "relu": ReLU, "relu2": ReLU2}[config.activation]()
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
 
@@ -138,9 +188,9 @@ class Block(Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.pre_norm = config.norm == "pre"
-        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+        self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -184,12 +234,12 @@ class GPT(Module):
         self.wte = Embedding(config.vocab_size, config.n_embd)  # token embeddings (and the tied LM head)
         if config.pos_encoding == "learned":
             self.wpe = Embedding(config.block_size, config.n_embd)
-        else:
+        elif config.pos_encoding == "sinusoidal":
             self.pos_table = sinusoidal_positions(config.block_size, config.n_embd)  # a buffer, not a parameter
         self.drop = Dropout(config.dropout)
         self.h = ModuleList(Block(config) for _ in range(config.n_layer))
         if config.norm == "pre":  # post-norm blocks already end in a LayerNorm (GPT-1 has no ln_f)
-            self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon, config.bias)
+            self.ln_f = _norm(config)
         if not config.tie_weights:
             self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self._init_weights()
@@ -204,7 +254,9 @@ class GPT(Module):
                 w.data[...] = backend.randn(w.shape, w.dtype, w.device) * std
             if isinstance(module, Linear) and module.bias is not None:
                 module.bias.data[...] = 0.0
-        # LayerNorms keep their ones / zeros
+        if self.config.zero_init_head:
+            self.lm_head.weight.data[...] = 0.0
+        # LayerNorms and RMSNorms keep their ones / zeros
 
     @property
     def device(self) -> str:
@@ -253,7 +305,9 @@ class GPT(Module):
         if start + T > self.config.block_size:
             cached = f" after {start} cached positions" if start else ""
             raise ValueError(f"sequence length {T}{cached} is longer than block_size {self.config.block_size}")
-        x = self.wte(idx) + self._positions(start, T)  # (B, T, C) + (T, C)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.pos_encoding != "rope":  # RoPE rotates q and k in every attention layer instead
+            x = x + self._positions(start, T)  # (B, T, C) + (T, C)
         x = self.drop(x)
         for i, block in enumerate(self.h):
             x = block(x, kv_cache, i)  # (B, T, C)
@@ -264,7 +318,10 @@ class GPT(Module):
     def lm_logits(self, x: Tensor) -> Tensor:
         """The LM head: (B, T, C) -> (B, T, vocab_size)."""
         head = self.wte.weight.T if self.config.tie_weights else self.lm_head.weight  # (C, vocab_size)
-        return F.linear(x, head)
+        logits = F.linear(x, head)
+        if self.config.logit_softcap is not None:
+            logits = F.softcap(logits, self.config.logit_softcap)  # cap * tanh(logits / cap)
+        return logits
 
     def _positions(self, start: int, T: int) -> Tensor:
         """Position vectors of positions start .. start + T - 1: (T, C)."""
@@ -285,6 +342,35 @@ class GPT(Module):
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
+
+    def optimizer_groups(self) -> tuple[list[dict], list[dict]]:
+        """The speedrun's split: Muon for the blocks' hidden matrices, AdamW for everything else.
+
+        Every parameter is in exactly one group; empty groups are left out. Each group has a "name",
+        so a caller can give each its own learning rate (`group["lr"] = lrs[group["name"]]`).
+        Returns:
+            (muon_groups, adamw_groups):
+            muon_groups for tinygrad_gpt.optim.Muon: "qkv" (every attn.c_attn.weight, muon_blocks=3:
+            q, k and v orthogonalised as three square matrices) and "hidden" (attn.c_proj, mlp.c_fc,
+            mlp.c_proj weights);
+            adamw_groups for AdamW, without weight decay: "embeddings" (wte, and wpe when learned;
+            wte is also the head when tied), "head" (lm_head.weight when untied) and "scalars"
+            (norm gains, biases).
+        """
+        kinds: dict[str, list] = {"qkv": [], "hidden": [], "embeddings": [], "head": [], "scalars": []}
+        for name, p in self.named_parameters():
+            if p.ndim < 2:
+                kind = "scalars"
+            elif name.startswith("h."):
+                kind = "qkv" if name.endswith("attn.c_attn.weight") else "hidden"
+            else:
+                kind = "head" if name == "lm_head.weight" else "embeddings"
+            kinds[kind].append(p)
+        muon = [{"name": "qkv", "params": kinds["qkv"], "muon_blocks": 3},
+                {"name": "hidden", "params": kinds["hidden"]}]
+        adamw = [{"name": kind, "params": kinds[kind], "weight_decay": 0.0}
+                 for kind in ("embeddings", "head", "scalars")]
+        return [g for g in muon if g["params"]], [g for g in adamw if g["params"]]
 
     def extra_repr(self) -> str:
         return f"{self.num_parameters():,} parameters"
@@ -334,6 +420,13 @@ class GPT(Module):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _norm(config: GPTConfig) -> Module:
+    """The normalisation layer of ln_1, ln_2 and ln_f."""
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
 
 
 def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:

@@ -75,9 +75,14 @@ def hf_config_from_gpt(config: GPTConfig, eot_id: int | None = None) -> dict:
     """The config.json dict of a GPT for transformers' GPT2LMHeadModel.
 
     Raises:
-        ValueError naming the option when GPT-2 cannot express the model (post-norm, sinusoidal, bias=False).
+        ValueError naming the option when GPT-2 cannot express the model (post-norm, sinusoidal or rotary
+        positions, bias=False, RMSNorm, qk_norm, relu2, logit soft-capping).
     """
-    unexpressible = {"norm": "pre", "pos_encoding": "learned", "bias": True}
+    unexpressible = {"norm": "pre", "pos_encoding": "learned", "bias": True, "norm_type": "layernorm",
+                     "qk_norm": False, "logit_softcap": None}  # fmt: skip
+    if config.activation not in ("gelu", "relu"):
+        raise ValueError(f"save_pretrained: Hugging Face GPT-2 has no activation={config.activation!r} "
+                         "(it has 'gelu' and 'relu'); this model cannot be written as a GPT-2 directory")
     for key, needed in unexpressible.items():
         if getattr(config, key) != needed:
             raise ValueError(f"save_pretrained: Hugging Face GPT-2 has no {key}={getattr(config, key)!r} "

@@ -418,3 +418,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: boo
     if is_causal and k.shape[-2] < q.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tk >= Tq, got q {q.shape}, k {k.shape}")
     return Attention.apply(q, k, v, is_causal=is_causal)
+
+
+# ---------------------------------------------------------------- the modern recipe's ops (defined in nn/modern.py)
+
+from tinygrad_gpt.nn.modern import qk_norm_rotary, relu2, rms_norm, rotary, rotary_tables, softcap  # noqa: E402, F401

@@ -114,3 +114,27 @@ class ReLU(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x)
+
+
+class RMSNorm(Module):
+    """Scale each vector over the last axis to unit root mean square, then by a learned gain (no bias)."""
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        _check_size("RMSNorm", n=n)
+        self.n, self.eps = n, eps
+        self.weight = Tensor.ones(n, requires_grad=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., n) -> (..., n)"""
+        return F.rms_norm(x, self.weight, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"({self.n},), eps={self.eps}"
+
+
+class ReLU2(Module):
+    """relu(x)^2, the speedrun's MLP activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu2(x)
