@@ -36,7 +36,8 @@ from tinygrad_gpt.distributed import GradSync, World, broadcast_parameters
 from tinygrad_gpt.optim import AdamW, Optimizer
 from tinygrad_gpt.zero import ZeroAdamW
 
-__all__ = ["DataParallel", "Discard", "SameOnEveryRank", "broadcast_parameters", "make_optimizer", "quiet_unless_main"]
+__all__ = ["DataParallel", "Discard", "SameOnEveryRank", "make_optimizer", "optimizer_state", "quiet_unless_main",
+           "start_from_rank_0"]
 
 
 def make_optimizer(param_groups: list, config, world: World) -> Optimizer:
@@ -53,6 +54,15 @@ def optimizer_state_nbytes(optimizer: Optimizer) -> int:
         return optimizer.state_nbytes
     return sum(int(v.nbytes) for entry in optimizer.state_dict()["state"].values() for v in entry.values()
                if hasattr(v, "nbytes"))
+
+
+def start_from_rank_0(model, precision, world: World) -> None:
+    """Overwrite every rank's weights (the model's and float16's float32 masters) with rank 0's.
+
+    A collective: call it once every rank has set its run up (SameOnEveryRank), not inside that block.
+    """
+    params = {id(p): p for p in [*model.parameters(), *precision.params]}
+    broadcast_parameters(list(params.values()), world)
 
 
 class DataParallel:

@@ -41,6 +41,7 @@ from tinygrad_gpt.parallel import (
     make_optimizer,
     optimizer_state,
     quiet_unless_main,
+    start_from_rank_0,
 )
 from tinygrad_gpt.sample import default_prompt, sample_texts
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
@@ -184,7 +185,7 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
 
 
 def setup(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World | None = None) -> Run:
-    """Everything a run needs, checked before any checkpoint is written; every rank of `world` starts from rank 0's.
+    """Everything a run needs, checked before any checkpoint is written (no collectives: see `start_from_rank_0`).
 
     Raises:
         UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
@@ -204,7 +205,6 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
     world = world or distributed.World()
-    distributed.broadcast_parameters(model.parameters(), world)
     groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
     optimizer = make_optimizer(precision.param_groups(groups), config, world)
@@ -396,6 +396,7 @@ def main(argv=None) -> int:
             ranks.compare(flatten_config(config))
         with SameOnEveryRank(world), quiet_unless_main(world):
             run = setup(config, ckpt, world)
+        start_from_rank_0(run.model, run.precision, world)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0
     except (UsageError, ValueError, OSError) as e:
