@@ -331,11 +331,20 @@ def announce(run: Run, device: str, resumed_at: int | None) -> None:
     if world.size > 1 or G > 1:
         print(f"data parallel: {world.size} rank(s) ({world.backend_name}) x {G // world.size} micro-batch(es) of "
               f"{run.config.batch_size} = {tokens_per_iter(run.config):,} tokens per step"
-              f"{', ZeRO-1' if run.config.zero else ''}", flush=True)
+              f"{zero_memory(run)}", flush=True)
     if resumed_at is not None:
         print(f"resuming from iteration {resumed_at} of {run.config.max_iters}", flush=True)
     elif has_checkpoint(run.out_dir):
         print(f"note: --overwrite: this new run replaces the checkpoints in {run.out_dir}")
+
+
+def zero_memory(run: Run) -> str:
+    """With --zero 1: ', ZeRO-1: optimizer state X MB per rank (AdamW's: Y MB)', measured on the arrays."""
+    if not run.config.zero:
+        return ""
+    full = 2 * sum(p.data.nbytes for p in run.precision.params)  # AdamW's two moments of every parameter
+    mine = run.optimizer.state_nbytes
+    return f", ZeRO-1: optimizer state {mine / 1e6:.2f} MB per rank (AdamW's: {full / 1e6:.2f} MB)"
 
 
 def diverged(run: Run, progress: Progress, what: str) -> int:
