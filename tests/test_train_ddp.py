@@ -222,3 +222,12 @@ def test_an_error_on_one_rank_only_stops_every_rank_with_one_line(tmp_path):
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"{ERROR} rank 1 of 2: ") and "corpus.txt" in line
     assert not (tmp_path / "out" / "ckpt_latest").exists()
+
+
+@needs_mpi
+def test_float16_on_two_ranks_trains_as_one_process(tmp_path):
+    """Gradients averaged on the float32 masters: the same losses as one process, to float16 rounding."""
+    args = f"{TINY} --max_iters 5 --gradient_accumulation_steps 2 --dtype float16"
+    trained(tmp_path, 0, f"{args} --out_dir one")
+    trained(tmp_path, 2, f"{args} --out_dir two")
+    assert_same_losses(records(tmp_path / "two"), records(tmp_path / "one"), rtol=1e-3)
