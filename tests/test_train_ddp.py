@@ -231,3 +231,24 @@ def test_float16_on_two_ranks_trains_as_one_process(tmp_path):
     trained(tmp_path, 0, f"{args} --out_dir one")
     trained(tmp_path, 2, f"{args} --out_dir two")
     assert_same_losses(records(tmp_path / "two"), records(tmp_path / "one"), rtol=1e-3)
+
+
+@needs_mpi
+def test_ctrl_c_on_mpiexec_saves_once_and_the_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    """mpiexec passes Ctrl-C to every rank; they agree on the step to stop after, rank 0 saves and says so once."""
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    args = f"{TINY} --lr_decay_iters 1000 --gradient_accumulation_steps 2"
+    proc = subprocess.Popen(command(2, f"{args} --out_dir b --max_iters 100000"), cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    metrics = tmp_path / "b" / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-3000:]
+    stopped_at = load_checkpoint(tmp_path / "b" / "ckpt_latest").meta["iter_num"]
+    assert stdout.count(f"interrupted: saved iteration {stopped_at}") == 1 and stdout.count("interrupted") == 1
+    end = stopped_at + 4
+    trained(tmp_path, 2, f"--init_from resume --out_dir b --max_iters {end}")
+    trained(tmp_path, 2, f"{args} --out_dir a --max_iters {end}")
+    assert records(tmp_path / "b") == records(tmp_path / "a")
