@@ -28,8 +28,6 @@ import hashlib
 import io
 import json
 
-import numpy as np
-
 from tinygrad_gpt import backend
 from tinygrad_gpt.cli import UsageError, one_line
 from tinygrad_gpt.distributed import GradSync, World, broadcast_parameters
@@ -118,14 +116,14 @@ class DataParallel:
         local = sum(loss.item() for loss in losses)
         if self.world.size == 1:
             return local / self.G, stop
-        both = np.array([local, 1.0 if stop else 0.0])  # (2,) on the host
+        both = backend.asarray([local, 1.0 if stop else 0.0], dtype="float64", device="cpu")  # (2,) on the host
         self.world.allreduce_mean_(both)
         return float(both[0]) * self.world.size / self.G, bool(both[1] > 0)
 
 
 def seed_micro_batch(seed: int, it: int, k: int) -> None:
     """Reseed the library's generators (dropout, CPU and GPU) from (seed, it, k)."""
-    backend.manual_seed(int(np.random.SeedSequence([seed, it, k]).generate_state(1)[0]))
+    backend.manual_seed(int(backend.host_generator([seed, it, k]).integers(0, 2**63)))
 
 
 # ---------------------------------------------------------------- who writes and prints
