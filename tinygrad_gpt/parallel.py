@@ -122,8 +122,8 @@ class DataParallel:
 
 
 def seed_micro_batch(seed: int, it: int, k: int) -> None:
-    """Reseed the library's generators (dropout, CPU and GPU) from (seed, it, k)."""
-    backend.manual_seed(int(backend.host_generator([seed, it, k]).integers(0, 2**63)))
+    """Reseed the library's generators (dropout, CPU and GPU) from (seed, it, k), in CuPy's 32-bit range."""
+    backend.manual_seed(int(backend.host_generator([seed, it, k]).integers(0, 2**32)))
 
 
 # ---------------------------------------------------------------- who writes and prints
