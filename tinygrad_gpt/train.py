@@ -26,11 +26,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygrad_gpt import backend, distributed, gpu_kernels, no_grad
+from tinygrad_gpt import backend, gpu_kernels, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
 from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.distributed import DistributedError, World, get_world
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
 from tinygrad_gpt.optim import Optimizer, cosine_lr
@@ -69,7 +70,7 @@ class Run:
     tokenizer: CharTokenizer
     batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
     corpus_name: str
-    world: distributed.World  # the ranks (one without mpiexec); only rank 0 writes files and prints
+    world: World  # the ranks (one without mpiexec); only rank 0 writes files and prints
     parallel: DataParallel  # this rank's micro-batches, the gradient averaging and the step's loss
     iter_num: int = 0
     best_val_loss: float | None = None
@@ -184,7 +185,7 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
 # ---------------------------------------------------------------- setting a run up
 
 
-def setup(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World | None = None) -> Run:
+def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = None) -> Run:
     """Everything a run needs, checked before any checkpoint is written (no collectives: see `start_from_rank_0`).
 
     Raises:
@@ -204,7 +205,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: distributed.World
     model = GPT(config.model_config(tokenizer.vocab_size))
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
-    world = world or distributed.World()
+    world = world or World()
     groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
     optimizer = make_optimizer(precision.param_groups(groups), config, world)
@@ -393,8 +394,8 @@ def main(argv=None) -> int:
     and exit 2 on every rank.
     """
     try:
-        world = distributed.init()  # before any tensor: on GPUs it picks this rank's device
-    except distributed.DistributedError as e:
+        world = get_world()  # before any tensor: on GPUs it picks this rank's device
+    except DistributedError as e:
         return report_error(PROG, e)
     try:
         with SameOnEveryRank(world) as ranks, quiet_unless_main(world):
