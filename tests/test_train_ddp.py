@@ -165,8 +165,8 @@ def test_a_killed_rank_ends_the_job_nonzero_and_the_checkpoint_still_loads(tmp_p
         proc.kill()
     assert proc.returncode != 0
     assert time.monotonic() - started < 90  # generous: the training itself took some of it
-    ckpt = load_checkpoint(tmp_path / "out" / "ckpt_latest")
-    assert ckpt.meta["iter_num"] >= 10 and ckpt.meta["iter_num"] % 5 == 0
+    ckpt = load_checkpoint(tmp_path / "out" / "ckpt_latest")  # iteration 10's, or 5's if the kill hit its save
+    assert ckpt.meta["iter_num"] >= 5 and ckpt.meta["iter_num"] % 5 == 0
     assert sample.main(["--out_dir", str(tmp_path / "out"), "--checkpoint", "latest", "--max_new_tokens", "5"]) == 0
 
 
