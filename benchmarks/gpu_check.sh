@@ -11,6 +11,8 @@
 #   train-tf32    the same with --tf32                                               (train.log)
 #   resume        --init_from resume of the float16 run, 10 more iterations          (train.log)
 #   sample-cpu    sampling that GPU checkpoint with TINYGRAD_GPT_BACKEND=numpy       (train.log)
+#   train-mpi     mpiexec -n 1, --gradient_accumulation_steps 2 --zero 1: NCCL's reduce-scatter and allgather on the
+#                 GPU through CuPy (skipped where mpi4py or mpiexec is missing)   (train.log)
 #   bench-gpt2    bench_train.py --backend cupy --tf32 on gpt2 (124M, block 1024), beside torch on cuda (bench.log)
 #   bench-medium  the same on the medium config                                      (bench.log)
 #   suite         TINYGRAD_GPT_BACKEND=cupy pytest -q -x over the whole suite, in the time left (suite.log, suite.xml)
@@ -151,6 +153,12 @@ else
     record skip sample-cpu 0 "needs the float16 run's checkpoint"
 fi
 run_section train-tf32 60 "$report/train.log" "${train[@]}" "${model[@]}" --out_dir "$work/tf32" --tf32
+if command -v mpiexec >/dev/null && "$PYTHON" -c "import mpi4py" 2>/dev/null; then
+    run_section train-mpi 60 "$report/train.log" mpiexec -n 1 "${train[@]}" "${model[@]}" --out_dir "$work/mpi" \
+        --gradient_accumulation_steps 2 --zero 1
+else
+    record skip train-mpi 0 "mpi4py or mpiexec is missing (pip install -e '.[mpi]')"
+fi
 
 # ---------------------------------------------------------------- c. training speed beside PyTorch on the same GPU
 

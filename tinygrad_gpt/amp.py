@@ -79,6 +79,14 @@ class MasterWeights:
             master.grad = Tensor(grad, dtype=grad.dtype, device=master.device)
         return all_finite is None or bool(all_finite)
 
+    def grads_finite(self) -> bool:
+        """True when every master's gradient is finite (e.g. again after averaging them over ranks)."""
+        all_finite = True
+        for master in self.params:
+            if master.grad is not None:
+                all_finite = all_finite & backend.get_array_module(master.grad.data).isfinite(master.grad.data).all()
+        return bool(all_finite)
+
     def copy_to_model(self) -> None:
         """Round the masters into the model's parameters, in place."""
         for p, master in zip(self.model_params, self.params):
@@ -201,12 +209,17 @@ class Precision:
         """What to call backward on: the loss itself here; several backward passes may accumulate."""
         return loss
 
-    def step(self, optimizer, max_norm: float = 0.0) -> bool:
+    def step(self, optimizer, max_norm: float = 0.0, reduce_grads=None) -> bool:
         """Clip the gradients' total norm to max_norm (0: no clipping) and step the optimizer.
 
+        Args:
+            reduce_grads: called with no arguments once the gradients of `self.params` are final and
+                before clipping (data parallelism averages them over ranks: GradSync.allreduce_).
         Returns:
             Whether the step was taken (always here; False in float16 when a gradient is inf/NaN).
         """
+        if reduce_grads is not None:
+            reduce_grads()
         if max_norm > 0:
             clip_grad_norm_(self.params, max_norm)
         optimizer.step()
@@ -248,9 +261,14 @@ class MixedPrecision(Precision):
     def scale_loss(self, loss: Tensor) -> Tensor:
         return self.scaler.scale(loss)
 
-    def step(self, optimizer, max_norm: float = 0.0) -> bool:
+    def step(self, optimizer, max_norm: float = 0.0, reduce_grads=None) -> bool:
         """Unscale into the masters, clip and step unless a gradient is inf/NaN, then update the scale."""
-        if self.scaler.unscale_and_check(self.masters) and max_norm > 0:
+        finite = self.scaler.unscale_and_check(self.masters)
+        if reduce_grads is not None:  # on the float32 masters; an inf/NaN of any rank spreads to every rank's sum
+            reduce_grads()
+            finite = self.masters.grads_finite()
+            self.scaler.found_inf = not finite
+        if finite and max_norm > 0:
             clip_grad_norm_(self.params, max_norm)
         stepped = self.scaler.step(optimizer, self.masters)
         self.scaler.update()

@@ -275,7 +275,7 @@ def prepare_tokens(corpus: Corpus, out_dir, tokenizer: CharTokenizer, n_chars: i
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": out_dir / "train.bin", "val": out_dir / "val.bin"}
-    tmps = {k: p.with_name(f".{p.name}.tmp") for k, p in paths.items()}
+    tmps = {k: p.with_name(f".{p.name}.{os.getpid()}.tmp") for k, p in paths.items()}  # ranks may write at once
     written = 0
     try:
         with open(tmps["train"], "wb") as f_train, open(tmps["val"], "wb") as f_val:

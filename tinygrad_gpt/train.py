@@ -31,9 +31,19 @@ from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
 from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.distributed import DistributedError, World, get_world
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
-from tinygrad_gpt.optim import AdamW, cosine_lr
+from tinygrad_gpt.optim import Optimizer, cosine_lr
+from tinygrad_gpt.parallel import (
+    DataParallel,
+    Discard,
+    SameOnEveryRank,
+    make_optimizer,
+    optimizer_state,
+    quiet_unless_main,
+    start_from_rank_0,
+)
 from tinygrad_gpt.sample import default_prompt, sample_texts
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
 
@@ -45,6 +55,7 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
   TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
+  mpiexec -n 2 python -m tinygrad_gpt.train --gradient_accumulation_steps 4   # 2 processes, 2 micro-batches each
 """
 
 
@@ -54,11 +65,13 @@ class Run:
 
     config: TrainConfig
     model: GPT
-    optimizer: AdamW
+    optimizer: Optimizer  # AdamW, or ZeroAdamW with --zero 1
     precision: Precision  # float32, or float16 with float32 master weights and a loss scale
     tokenizer: CharTokenizer
     batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
     corpus_name: str
+    world: World  # the ranks (one without mpiexec); only rank 0 writes files and prints
+    parallel: DataParallel  # this rank's micro-batches, the gradient averaging and the step's loss
     iter_num: int = 0
     best_val_loss: float | None = None
     last_saved_iter: int | None = None
@@ -99,21 +112,22 @@ def estimate_loss(model: GPT, batches: dict, eval_iters: int) -> dict:
     return out
 
 
-def train_step(run: Run, lr: float) -> float:
-    """One iteration: a batch, forward, backward, clip and optimizer step at learning rate lr; returns the loss.
+def train_step(run: Run, lr: float, stop_requested: bool) -> tuple[float, bool]:
+    """One iteration at learning rate lr: G micro-batches (this rank's G/R), averaged gradients, clip, step.
 
     The same for float32 and float16 (run.precision): a float16 step whose gradients hold inf/NaN is
     skipped and the loss scale lowered.
+
+    Returns:
+        (the mean loss of the G micro-batches, whether any rank was asked to stop), equal on every rank.
     """
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
-    x, y = run.batches["train"].next_batch()  # (B, T) inputs and next-character targets
-    _, loss = run.model(x, y)
     run.precision.zero_grad(run.optimizer)
-    run.precision.scale_loss(loss).backward()
-    run.precision.step(run.optimizer, run.config.grad_clip)
-    return loss.item()  # read after the step: a GPU runs forward and backward without a wait
+    losses = run.parallel.forward_backward(run.model, run.precision, run.batches["train"], run.iter_num)
+    run.parallel.step(run.precision, run.optimizer, run.config.grad_clip)
+    return run.parallel.mean_loss(losses, stop_requested)  # read after the step: a GPU runs it without a wait
 
 
 def log_step(run: Run, metrics: MetricsLog, progress: Progress, speed: Throughput, loss: float, lr: float) -> None:
@@ -128,7 +142,10 @@ def log_step(run: Run, metrics: MetricsLog, progress: Progress, speed: Throughpu
 
 
 def save(run: Run, name: str) -> Path:
-    """Write out_dir/<name> (ckpt_latest or ckpt_best) atomically, with float32 weights in either precision."""
+    """Write out_dir/<name> (ckpt_latest or ckpt_best) atomically, with float32 weights in either precision.
+
+    Every rank calls it (the generator states move on alike; ZeroAdamW gathers its moments); rank 0 writes.
+    """
     meta = {
         "train_config": flatten_config(run.config),
         "model_config": dataclasses.asdict(run.model.config),
@@ -140,7 +157,10 @@ def save(run: Run, name: str) -> Path:
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
         **run.precision.state_dict(),  # float16: the loss scale
     }
-    path = save_checkpoint(run.out_dir / name, run.precision.weights(), run.optimizer.state_dict(), meta)
+    optim_state = optimizer_state(run.optimizer, run.world)
+    path = run.out_dir / name
+    if run.world.is_main:
+        path = save_checkpoint(path, run.precision.weights(), optim_state, meta)
     run.last_saved_iter = run.iter_num
     return path
 
@@ -165,8 +185,8 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
 # ---------------------------------------------------------------- setting a run up
 
 
-def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
-    """Everything a run needs, checked before any checkpoint is written.
+def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = None) -> Run:
+    """Everything a run needs, checked before any checkpoint is written (no collectives: see `start_from_rank_0`).
 
     Raises:
         UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
@@ -185,10 +205,13 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
     model = GPT(config.model_config(tokenizer.vocab_size))
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
+    world = world or World()
     groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
-    optimizer = AdamW(precision.param_groups(groups), lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name)
+    optimizer = make_optimizer(precision.param_groups(groups), config, world)
+    parallel = DataParallel(world, config.gradient_accumulation_steps, config.seed, precision.params, optimizer)
+    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name, world,
+              parallel)  # fmt: skip
     if resume:
         restore(run, ckpt)
     return run
@@ -254,21 +277,23 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
 
 def train(run: Run) -> int:
     """Run the training loop to max_iters (or Ctrl-C), then sample, plot and summarise. Returns the exit status."""
-    config = run.config
+    config, main_rank = run.config, run.world.is_main
     device = backend.device_name()
     resumed_at = run.iter_num if config.init_from == "resume" else None
-    metrics = MetricsLog(run.out_dir / "metrics.jsonl", keep_until_iter=resumed_at)
-    announce(run, device, resumed_at)
+    metrics = MetricsLog(run.out_dir / "metrics.jsonl", keep_until_iter=resumed_at) if main_rank else Discard()
+    if main_rank:
+        announce(run, device, resumed_at)
     run.started = time.perf_counter()
-    progress = Progress(config.max_iters, run.iter_num, device)
+    progress = Progress(config.max_iters, run.iter_num, device) if main_rank else Discard()
+    stopping = False  # agreed by every rank after each step
     with StopRequest() as stop:
         if run.iter_num == 0 and not evaluate(run, metrics, progress):
             return diverged(run, progress, "the initial loss is not finite")
         run.model.train()
-        speed = Throughput(tokens_per_iter=config.batch_size * config.model.block_size)
-        while run.iter_num < config.max_iters and not stop.requested:
+        speed = Throughput(tokens_per_iter=tokens_per_iter(config))
+        while run.iter_num < config.max_iters and not stopping:
             lr = get_lr(config, run.iter_num)
-            loss = train_step(run, lr)
+            loss, stopping = train_step(run, lr, stop.requested)
             if not math.isfinite(loss):  # nothing is saved from here, so the step's weights are dropped
                 return diverged(run, progress, f"loss is {loss} at iteration {run.iter_num + 1}")
             run.iter_num += 1
@@ -277,18 +302,23 @@ def train(run: Run) -> int:
                 if not evaluate(run, metrics, progress):
                     return diverged(run, progress, f"the estimated loss is not finite at iteration {run.iter_num}")
                 speed.restart()
-        if stop.requested and run.last_saved_iter != run.iter_num:
+        if stopping and run.last_saved_iter != run.iter_num:
             save(run, "ckpt_latest")
     progress.close()
-    if stop.requested:
-        print(
+    if stopping:
+        progress.print(
             f"interrupted: saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}; "
-            f"continue with --init_from resume --out_dir {run.out_dir}",
-            flush=True,
+            f"continue with --init_from resume --out_dir {run.out_dir}"
         )
         return 0
-    finish(run, time.perf_counter() - run.started, device, resumed_at)
+    if main_rank:
+        finish(run, time.perf_counter() - run.started, device, resumed_at)
     return 0
+
+
+def tokens_per_iter(config: TrainConfig) -> int:
+    """Tokens of one optimizer step, over all ranks: G micro-batches of batch_size x block_size."""
+    return config.gradient_accumulation_steps * config.batch_size * config.model.block_size
 
 
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
@@ -298,10 +328,24 @@ def announce(run: Run, device: str, resumed_at: int | None) -> None:
         f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}, {run.config.dtype}",
         flush=True,
     )
+    world, G = run.world, run.config.gradient_accumulation_steps
+    if world.size > 1 or G > 1:
+        print(f"data parallel: {world.size} rank(s) ({world.backend_name}) x {G // world.size} micro-batch(es) of "
+              f"{run.config.batch_size} = {tokens_per_iter(run.config):,} tokens per step"
+              f"{zero_memory(run)}", flush=True)
     if resumed_at is not None:
         print(f"resuming from iteration {resumed_at} of {run.config.max_iters}", flush=True)
     elif has_checkpoint(run.out_dir):
         print(f"note: --overwrite: this new run replaces the checkpoints in {run.out_dir}")
+
+
+def zero_memory(run: Run) -> str:
+    """With --zero 1: ', ZeRO-1: optimizer state X MB per rank (AdamW's: Y MB)', measured on the arrays."""
+    if not run.config.zero:
+        return ""
+    full = 2 * sum(p.data.nbytes for p in run.precision.params)  # AdamW's two moments of every parameter
+    mine = run.optimizer.state_nbytes
+    return f", ZeRO-1: optimizer state {mine / 1e6:.2f} MB per rank (AdamW's: {full / 1e6:.2f} MB)"
 
 
 def diverged(run: Run, progress: Progress, what: str) -> int:
@@ -312,7 +356,8 @@ def diverged(run: Run, progress: Progress, what: str) -> int:
         if run.last_saved_iter is not None
         else "no checkpoint was saved"
     )
-    report_error(PROG, f"{what}; training stopped, {kept}; try a smaller --learning_rate or --grad_clip")
+    if run.world.is_main:
+        report_error(PROG, f"{what}; training stopped, {kept}; try a smaller --learning_rate or --grad_clip")
     return 1
 
 
@@ -331,7 +376,7 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
     iters = run.iter_num - (resumed_at or 0)
     resumed = f" (resumed at {resumed_at})" if resumed_at else ""
     best = f"{run.best_val_loss:.4f}" if run.best_val_loss is not None else "n/a"
-    tokens = iters * config.batch_size * config.model.block_size
+    tokens = iters * tokens_per_iter(config)
     print(
         f"done: {iters:,} iterations{resumed}, {tokens:,} tokens, {wall:.1f} s wall on {device}; "
         f"best val loss {best}; checkpoint {run.out_dir / 'ckpt_best'}",
@@ -343,22 +388,36 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
 
 
 def main(argv=None) -> int:
-    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input)."""
+    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input).
+
+    Under mpiexec every rank runs this; an error in setting up on any rank is one line (from rank 0)
+    and exit 2 on every rank.
+    """
     try:
-        values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
-        ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
-        config = make_config(values, given, ckpt)
-        run = setup(config, ckpt)
+        world = get_world()  # before any tensor: on GPUs it picks this rank's device
+    except DistributedError as e:
+        return report_error(PROG, e)
+    try:
+        with SameOnEveryRank(world) as ranks, quiet_unless_main(world):
+            values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
+            ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
+            config = make_config(values, given, ckpt)
+            world.micro_batches(config.gradient_accumulation_steps)  # G must be a multiple of the ranks
+            ranks.compare(flatten_config(config))
+        with SameOnEveryRank(world), quiet_unless_main(world):
+            run = setup(config, ckpt, world)
+        start_from_rank_0(run.model, run.precision, world)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0
     except (UsageError, ValueError, OSError) as e:
-        return report_error(PROG, e)
+        return report_error(PROG, e) if world.is_main else 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.eval_only:
         losses = estimate_loss(run.model, run.batches, config.eval_iters)
-        print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if world.is_main:
+            print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return 0
     try:
         with warnings.catch_warnings():  # overflow warnings add nothing: a non-finite loss is reported by the loop

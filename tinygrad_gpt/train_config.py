@@ -75,6 +75,15 @@ class TrainConfig:
         "dynamically (checkpoints hold float32 weights either way)",
         choices=("float32", "float16"),
     )
+    # data parallelism (README: "More than one process")
+    gradient_accumulation_steps: int = option(
+        1, "micro-batches of batch_size per optimizer step, counted over all ranks (under mpiexec -n R each rank "
+        "runs G/R of them; G must be a multiple of R); each micro-batch's loss is scaled by 1/G"
+    )
+    zero: int = option(
+        0, "1: ZeRO stage 1, AdamW's moments split across the ranks (optimizer memory / R; --dtype float32); "
+        "0: every rank holds all of them", choices=(0, 1),
+    )
     tf32: bool = option(
         False, "GPU only: allow TF32 tensor-core matmuls for float32 (sets CUPY_TF32=1 before the first matmul)"
     )
@@ -82,6 +91,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = [
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1"),
             ("max_iters", self.max_iters >= 0, "must be >= 0"),
             ("eval_interval", self.eval_interval >= 1, "must be >= 1"),
             ("log_interval", self.log_interval >= 1, "must be >= 1"),
@@ -98,6 +108,8 @@ class TrainConfig:
         for name, ok, requirement in checks:
             if not ok:
                 raise UsageError(f"--{name} {requirement}, got {getattr(self, name)}")
+        if self.zero and self.dtype != "float32":
+            raise UsageError(f"--zero 1 works with --dtype float32 only, got --dtype {self.dtype}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < (self.warmup_iters or 0):
             raise UsageError(f"--lr_decay_iters {self.lr_decay_iters} must be >= --warmup_iters {self.warmup_iters}")
 
