@@ -239,8 +239,10 @@ class CrossEntropy(Function):
 
     def _logits_grad(self, gy):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
-        g = self.probs  # reused: the saved softmax is not needed after this
-        self.probs = None
+        if self.retain_graph:  # another backward will need the saved softmax: work on a copy
+            g = self.probs.copy()
+        else:  # reused: the saved softmax is not needed after this
+            g, self.probs = self.probs, None
         if self.rows is None:  # the forward ran the kernel: so does backward, whatever the switches say now
             return self.backward_kernel(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
         g[self.rows, self.t] -= 1
