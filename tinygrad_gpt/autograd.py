@@ -79,7 +79,7 @@ class Function:
         the dtype of the first float Tensor input, as operators do).
         """
         ctx = cls()
-        inputs = _as_tensors(inputs, cls.__name__)
+        inputs = as_tensors(inputs, cls.__name__)
         xs = [t.data for t in inputs]
         if len(xs) > 1:
             backend.check_same_device(xs, cls.__name__.lower())
@@ -102,12 +102,13 @@ class Function:
         return f"{type(self).__name__}({inputs})"
 
 
-def _as_tensors(inputs: tuple, op_name: str) -> tuple:
-    """Function inputs as Tensors: numbers and arrays become constants on the first Tensor's device."""
+def as_tensors(inputs: tuple, op_name: str) -> tuple:
+    """Inputs as Tensors: numbers and arrays become constants (floats of the first float Tensor's dtype, on its device)."""
     if all(isinstance(t, _Tensor) for t in inputs):
         return inputs
     like = next((t for t in inputs if isinstance(t, _Tensor) and backend.is_float(t.dtype)), None)
-    like = like or next((t for t in inputs if isinstance(t, _Tensor)), None)
+    if like is None:
+        like = next((t for t in inputs if isinstance(t, _Tensor)), None)
     out = []
     for i, x in enumerate(inputs):
         if isinstance(x, _Tensor):

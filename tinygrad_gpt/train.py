@@ -344,6 +344,7 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
 
 def main(argv=None) -> int:
     """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input)."""
+    backend.tune_malloc()  # the training process keeps NumPy's large freed blocks (faster steps)
     try:
         values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
         ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
