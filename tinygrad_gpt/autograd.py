@@ -103,7 +103,7 @@ class Function:
 
 
 def as_tensors(inputs: tuple, op_name: str) -> tuple:
-    """Inputs as Tensors: numbers and arrays become constants (floats of the first float Tensor's dtype, on its device)."""
+    """Inputs as Tensors: numbers and arrays become constants (floats in the first float Tensor's dtype)."""
     if all(isinstance(t, _Tensor) for t in inputs):
         return inputs
     like = next((t for t in inputs if isinstance(t, _Tensor) and backend.is_float(t.dtype)), None)
@@ -187,7 +187,7 @@ def backward(root, grad, retain_graph: bool = False) -> None:
 def _checked_gradient(gx, parent, ctx, i: int):
     """`gx` summed to the input's shape, or an error naming the op, the input and the shapes."""
     where = f"{type(ctx).__name__}.backward: the gradient for input {i}"
-    if not (hasattr(gx, "shape") and hasattr(gx, "dtype")):  # an array or a NumPy scalar
+    if isinstance(gx, _Tensor) or not (hasattr(gx, "shape") and hasattr(gx, "dtype")):  # an array or NumPy scalar
         raise TypeError(f"{where} is a {type(gx).__name__}; backward works on raw arrays (return an array or None)")
     shape = tuple(parent.data.shape)
     if gx.shape != shape:

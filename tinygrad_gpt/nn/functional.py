@@ -309,7 +309,7 @@ def mse_loss(pred: Tensor, target) -> Tensor:
 
 
 class BinaryCrossEntropy(Function):
-    """Mean of -(t log p + (1 - t) log(1 - p)); logs clamped at -100 and the gradient's denominator at 1e-12, as torch."""
+    """Mean of -(t log p + (1 - t) log(1 - p)); logs clamped at -100, the gradient's denominator at 1e-12 (torch's)."""
 
     def forward(self, p, t):
         xp = backend.get_array_module(p)
