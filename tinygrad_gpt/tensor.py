@@ -1,10 +1,11 @@
 """Tensor: an n-dimensional array that records the operations applied to it, for reverse-mode autograd.
 
-Creation, conversion, operators and composite ops (mean, var, min, std, ...) live here; the
-movement methods (reshape, permute, indexing, split) are a mixin in movement.py, kept apart so
-this file stays short. Each primitive op is a `Function` in ops.py, and the backward pass is
-autograd.py's. Tensor methods check their arguments and raise ValueError/TypeError naming the
-shapes, so Functions can assume valid input.
+Creation, conversion, operators and composite ops (mean, var, min, std, ...) live here; to keep
+this file short, the movement methods (reshape, permute, indexing, split) are a mixin in
+movement.py, and the free functions no Tensor method needs (einsum, zeros_like) are in
+functions.py. Each primitive op is a `Function` in ops.py, and the backward pass is autograd.py's.
+Tensor methods check their arguments and raise ValueError/TypeError naming the shapes, so
+Functions can assume valid input.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from tinygrad_gpt.autograd import Function, is_grad_enabled, no_grad
 from tinygrad_gpt.backend import get_default_dtype, set_default_dtype
 from tinygrad_gpt.movement import MovementMethods
 
-__all__ = ["Function", "Tensor", "cat", "einsum", "get_default_dtype", "is_grad_enabled", "matmul", "no_grad",
-           "ones_like", "set_default_dtype", "stack", "where", "zeros_like"]
+__all__ = ["Function", "Tensor", "cat", "get_default_dtype", "is_grad_enabled", "matmul", "no_grad",
+           "set_default_dtype", "stack", "where"]
 
 # ---------------------------------------------------------------- method factories (operators, elementwise)
 
@@ -172,6 +173,11 @@ class Tensor(MovementMethods):
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    @property
+    def grad_fn(self) -> Function | None:
+        """The Function that made this tensor (None for leaves and without a graph); its `.parents` are the inputs."""
+        return self._ctx
 
     @property
     def is_leaf(self) -> bool:
@@ -438,36 +444,6 @@ def where(cond, a, b) -> Tensor:
     return ops.Where.apply(a, b, cond=cond)
 
 
-def einsum(subscripts: str, *operands) -> Tensor:
-    """Einstein summation as numpy.einsum, differentiable: einsum("ij,jk->ik", a, b) is a @ b.
-
-    Args:
-        subscripts: one letter per axis of each operand, comma-separated, then "->" and the
-            output's letters (without "->": the letters used once, sorted); no "...".
-        operands: Tensors or arrays (torch's einsum("...", [a, b]) form works too).
-    """
-    if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
-        operands = tuple(operands[0])
-    tensors = [x if isinstance(x, Tensor) else Tensor(x) for x in operands]
-    floats = {t.dtype for t in tensors if backend.is_float(t.dtype)}
-    if len(floats) > 1:
-        raise TypeError(f"einsum: dtypes {sorted(map(str, floats))} differ; cast with .astype() first")
-    if floats:  # integer operands join the float ones
-        tensors = [t if t.dtype in floats else Tensor._make(t.data.astype(*floats), False, None) for t in tensors]
-    explicit = shapes.einsum_subscripts(subscripts, [t.shape for t in tensors])
-    return ops.Einsum.apply(*tensors, subscripts=explicit)
-
-
-def zeros_like(x, dtype=None, requires_grad: bool = False) -> Tensor:
-    """Zeros of x's shape, dtype (unless `dtype`) and device; x is a Tensor or an array."""
-    return _full_like(x, 0, dtype, requires_grad)
-
-
-def ones_like(x, dtype=None, requires_grad: bool = False) -> Tensor:
-    """Ones of x's shape, dtype (unless `dtype`) and device; x is a Tensor or an array."""
-    return _full_like(x, 1, dtype, requires_grad)
-
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -504,13 +480,6 @@ def _float_operands(a, b, op_name: str) -> tuple:
     if not backend.is_float(a.dtype):
         a, b = (Tensor._make(t.data.astype(get_default_dtype()), False, None) for t in (a, b))
     return a, b
-
-
-def _full_like(x, value, dtype, requires_grad: bool) -> Tensor:
-    like = x.data if isinstance(x, Tensor) else backend.asarray(x)
-    dtype = backend.as_dtype(dtype) if dtype is not None else like.dtype
-    xp = backend.get_array_module(like)
-    return Tensor(xp.full(like.shape, value, dtype=dtype), dtype=dtype, requires_grad=requires_grad)
 
 
 def _raw(x):
