@@ -238,6 +238,15 @@ def test_generate_takes_one_sequence_and_top_k_0_means_no_limit():
         model.generate(ids, 1, top_k=-1)
 
 
+def test_a_recursive_no_grad_function_restores_recording():
+    @tinygrad_gpt.no_grad()
+    def depth(n: int) -> int:
+        return 0 if n == 0 else 1 + depth(n - 1)  # the decorator's one instance is entered twice
+
+    assert depth(2) == 2 and tinygrad_gpt.is_grad_enabled()
+    assert (Tensor([1.0], requires_grad=True) * 2).requires_grad
+
+
 # ---------------------------------------------------------------- the host process
 
 

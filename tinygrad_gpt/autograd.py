@@ -30,13 +30,17 @@ _grad_enabled = True  # read by Function.apply; flipped by no_grad()
 class no_grad(contextlib.ContextDecorator):
     """Context manager (and decorator) under which ops record no graph."""
 
+    def __init__(self):
+        self._prev = []  # a stack: as a decorator one instance is entered again by nested (recursive) calls
+
     def __enter__(self):
         global _grad_enabled
-        self._prev, _grad_enabled = _grad_enabled, False
+        self._prev.append(_grad_enabled)
+        _grad_enabled = False
 
     def __exit__(self, *exc):
         global _grad_enabled
-        _grad_enabled = self._prev
+        _grad_enabled = self._prev.pop()
         return False
 
 
