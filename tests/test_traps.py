@@ -238,6 +238,11 @@ def test_generate_takes_one_sequence_and_top_k_0_means_no_limit():
         model.generate(ids, 1, top_k=-1)
 
 
+def test_min_of_unsigned_integers():
+    ids = Tensor(np.array([[3, 1], [2, 7]], dtype=np.uint16))  # CharTokenizer's id dtype
+    assert ids.min().item() == 1 and ids.min(axis=0).tolist() == [2, 1] and ids.max().item() == 7
+
+
 def test_a_recursive_no_grad_function_restores_recording():
     @tinygrad_gpt.no_grad()
     def depth(n: int) -> int:

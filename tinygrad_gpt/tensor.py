@@ -353,7 +353,9 @@ class Tensor(MovementMethods):
         """Minimum over `axis` (None: all, an int or a tuple), dropping those axes unless `keepdims`; ties share."""
         if self.size == 0:
             raise ValueError(f"min: empty tensor of shape {self.shape} has no minimum")
-        return -(-self).max(axis=axis, keepdims=keepdims)
+        if not backend.is_float(self.dtype):  # no gradient, and -x would wrap around for unsigned integers
+            return Tensor._make(self.data.min(axis=shapes.axes(axis, self.ndim, "min"), keepdims=keepdims), False, None)
+        return -(-self).max(axis=axis, keepdims=keepdims)  # min(x) = -max(-x): ties share the gradient, as in max
 
     def var(self, axis=None, keepdims=False, ddof=0):
         """Variance as NumPy computes it (ddof=0 by default; torch's default is ddof=1)."""
