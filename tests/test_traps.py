@@ -18,6 +18,8 @@ from tinygrad_gpt.nn import functional as F
 from tinygrad_gpt.optim import SGD
 
 REPO = Path(__file__).resolve().parent.parent
+# subprocesses run on NumPy (the stand-in for CuPy exists only inside this test process)
+PLAIN_NUMPY = {"PYTHONPATH": str(REPO), "TINYGRAD_GPT_BACKEND": "numpy", "TINYGRAD_GPT_TEST_FAKE_CUPY": "0"}
 
 # ---------------------------------------------------------------- NumPy arrays wherever a Tensor is
 
@@ -189,7 +191,7 @@ def test_the_engine_checks_hold_under_python_O():
         except ValueError as e:
             print("raised:", e)
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **PLAIN_NUMPY}
     out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "raised: Bad.backward: the gradient for input 0 has shape (1,)" in out.stdout
@@ -271,7 +273,7 @@ def test_import_does_not_tune_malloc_but_the_training_cli_does(monkeypatch, caps
         tinygrad_gpt.backend.tune_malloc()
         print("tune_malloc:", "mallopt" in calls)
     """)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TINYGRAD_GPT_MALLOC": "1"}
+    env = {**os.environ, **PLAIN_NUMPY, "TINYGRAD_GPT_MALLOC": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "import: False" in out.stdout
