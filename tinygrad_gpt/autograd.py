@@ -83,7 +83,7 @@ class Function:
         the dtype of the first float Tensor input, as operators do).
         """
         ctx = cls()
-        inputs = as_tensors(inputs, cls.__name__)
+        inputs = as_tensors(inputs, f"{cls.__name__}.apply")
         xs = [t.data for t in inputs]
         if len(xs) > 1:
             backend.check_same_device(xs, cls.__name__.lower())
@@ -119,7 +119,7 @@ def as_tensors(inputs: tuple, op_name: str) -> tuple:
             out.append(x)
             continue
         if not (isinstance(x, (int, float, list, tuple)) or backend.is_array(x) or hasattr(x, "dtype")):
-            raise TypeError(f"{op_name}.apply: input {i} is a {type(x).__name__}, not a Tensor, array or number")
+            raise TypeError(f"{op_name}: input {i} is a {type(x).__name__}, not a Tensor, array or number")
         if like is None:
             out.append(_Tensor(x))  # no Tensor input at all: the usual conversion
             continue
