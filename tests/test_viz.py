@@ -122,3 +122,19 @@ def test_draw_graph_renders_svg_and_png_with_graphviz(tmp_path):
     draw_graph(o, tmp_path / "g.png")
     assert "<svg" in (tmp_path / "g.svg").read_text() and "Tanh" in (tmp_path / "g.svg").read_text()
     assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_retain_graph_through_a_whole_gpt():
+    """Every fused Function (linear, layer_norm, attention, cross_entropy) keeps what a second backward needs."""
+    import tinygrad_gpt
+    from tinygrad_gpt import GPT, GPTConfig
+
+    tinygrad_gpt.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    ids = np.random.default_rng(0).integers(0, 11, (2, 8))
+    _, loss = model(ids, ids)
+    loss.backward(retain_graph=True)
+    first = {name: p.grad.numpy().copy() for name, p in model.named_parameters()}
+    loss.backward()
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), 2 * first[name], rtol=1e-5, atol=1e-7, err_msg=name)
