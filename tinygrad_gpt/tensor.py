@@ -307,8 +307,7 @@ class Tensor(MovementMethods):
     __eq__, __ne__ = _comparison(operator.eq, "=="), _comparison(operator.ne, "!=")
     eq, ne = _comparison(operator.eq, "== (the same as the == operator)"), _comparison(operator.ne, "!=")
 
-    # NOTE: hashed by identity although == is elementwise (as torch), so tensors can be dict keys and set
-    # members; but `t in list_of_tensors` compares elementwise: look tensors up by id() or `is`
+    # NOTE: hashed by identity although == is elementwise (as torch); `t in list_of_tensors` uses ==: use `is`
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------ elementwise
