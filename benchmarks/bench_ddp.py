@@ -62,10 +62,12 @@ def worker(args) -> None:
     """Run under mpiexec (or alone): time the steps; rank 0 prints one JSON line of medians."""
     import numpy as np
 
-    from tinygrad_gpt import distributed, manual_seed
+    from tinygrad_gpt import backend, distributed, manual_seed
     from tinygrad_gpt.model import GPT, GPTConfig
     from tinygrad_gpt.optim import AdamW, clip_grad_norm_
     from tinygrad_gpt.zero import ZeroAdamW
+
+    backend.tune_malloc()  # as the training CLI does
 
     cfg = resolve_config(args)
     world = distributed.init()

@@ -198,6 +198,7 @@ class OpTimer:
             return {"device": f"torch {torch.__version__}, {torch.get_num_threads()} threads"}
         from tinygrad_gpt import backend
 
+        backend.tune_malloc()  # as the training CLI does
         self.sync = backend.synchronize
         return {"device": backend.device_name()}
 

@@ -77,9 +77,11 @@ class TinygradRun:
     """tinygrad_gpt's side: model, optimizer and the few calls that differ from torch."""
 
     def __init__(self, cfg: dict, h: dict, threads: int):
-        from tinygrad_gpt import manual_seed, no_grad
+        from tinygrad_gpt import backend, manual_seed, no_grad
         from tinygrad_gpt.model import GPT, GPTConfig
         from tinygrad_gpt.optim import AdamW, clip_grad_norm_
+
+        backend.tune_malloc()  # as the training CLI does
 
         manual_seed(h["seed"])
         self.model = GPT(GPTConfig(**{k: cfg[k] for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}))

@@ -75,6 +75,7 @@ class TinygradTrainer:
         from tinygrad_gpt.optim import AdamW, clip_grad_norm_
 
         import_rss = peak_rss_mib()
+        backend.tune_malloc()  # as the training CLI does
         manual_seed(seed)
         config = GPTConfig(
             vocab_size=cfg["vocab_size"], block_size=cfg["block_size"], n_layer=cfg["n_layer"],

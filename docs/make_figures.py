@@ -1,4 +1,4 @@
-"""Draw the tutorial's figures: a loss curve and the attention weights of a trained character-level GPT.
+"""Draw the docs' figures: a loss curve, the attention weights of a trained character-level GPT, an autograd graph.
 
     python docs/make_figures.py                                # trains ~1 minute on a CPU, writes docs/*.png
     python docs/make_figures.py --quick --out-dir /tmp/figs    # a few seconds (the test suite runs this)
@@ -6,20 +6,23 @@
 It trains a small GPT on Python's documentation (`pydoc_data.topics`, part of every Python
 install) with the loop of tutorial.md, records the training and validation loss, then draws
 loss_curve.png and attention.png (the attention probabilities of every head of every block for
-one prompt). Needs matplotlib (`pip install tinygrad_gpt[plot]`).
+one prompt). Needs matplotlib (`pip install tinygrad_gpt[plot]`). It also draws micrograd_graph.png,
+the graph of micrograd's neuron example (tutorial.md and autograd.md show it), when Graphviz's `dot`
+is installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import tinygrad_gpt
-from tinygrad_gpt import no_grad
+from tinygrad_gpt import CharTokenizer, Tensor, draw_graph, no_grad
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.optim import AdamW, clip_grad_norm_, cosine_lr
 
@@ -69,9 +72,9 @@ def train(settings: RunSettings, text: str, seed: int = 0) -> tuple[GPT, list, H
     """
     tinygrad_gpt.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = np.array([stoi[ch] for ch in text], dtype=np.int64)
+    tokenizer = CharTokenizer.from_text(text)  # the sorted characters of the text, as tutorial.md
+    chars = tokenizer.chars
+    data = tokenizer.encode(text)
     n_train = int(0.9 * len(data))
     splits = {"train": data[:n_train], "val": data[n_train:]}
     config = GPTConfig(vocab_size=len(chars), **settings.config)
@@ -188,6 +191,22 @@ def plot_attention(weights: list, prompt: str, path: Path) -> None:
     plt.close(fig)
 
 
+def micrograd_graph(path: Path) -> str:
+    """Draw micrograd's README neuron, relu(w1 x1 + w2 x2 + b), after backward, as the docs build it."""
+    x1, x2 = Tensor(1.0, requires_grad=True), Tensor(-2.0, requires_grad=True)
+    w1, w2 = Tensor(0.5, requires_grad=True), Tensor(-0.3, requires_grad=True)
+    b = Tensor(0.2, requires_grad=True)
+    x1w1, x2w2 = x1 * w1, x2 * w2
+    s = x1w1 + x2w2
+    n = s + b
+    y = n.relu()
+    for t in (x1w1, x2w2, s, n, y):  # intermediate tensors keep their gradient too, to show it
+        t.retain_grad()
+    y.backward(retain_graph=True)
+    names = dict(x1=x1, x2=x2, w1=w1, w2=w2, b=b, x1w1=x1w1, x2w2=x2w2, s=s, n=n, y=y)
+    return draw_graph(y, path, names=names)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run in seconds, for tests")
@@ -208,7 +227,13 @@ def main(argv=None) -> None:
     idx = np.array([[stoi[ch] for ch in prompt]])  # (1, T)
     weights = [attention_weights(model, idx, layer) for layer in range(model.config.n_layer)]
     plot_attention(weights, prompt, args.out_dir / "attention.png")
-    for name in ("loss_curve.png", "attention.png"):
+    names = ["loss_curve.png", "attention.png"]
+    if shutil.which("dot"):
+        micrograd_graph(args.out_dir / "micrograd_graph.png")
+        names.append("micrograd_graph.png")
+    else:
+        print("Graphviz's dot is not installed: micrograd_graph.png not redrawn (apt-get install graphviz)")
+    for name in names:
         path = args.out_dir / name
         print(f"wrote {path} ({path.stat().st_size / 1000:.0f} kB)")
 

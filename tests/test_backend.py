@@ -25,6 +25,7 @@ HOST_ONLY = {
     "tinygrad_gpt/safetensors.py": "reads and writes .safetensors files (host bytes <-> numpy arrays)",
     "tinygrad_gpt/checkpoint.py": "saves and restores checkpoints on disk (host arrays)",
     "tinygrad_gpt/kernels/cpu.py": "numba CPU kernels; used only for numpy arrays, each with a pure xp twin",
+    "tinygrad_gpt/viz.py": "formats values for a picture of the graph: host copies (backend.to_numpy) only",
     "tinygrad_gpt/tokenizers.py": "text <-> token ids on the host (ids as lists or host arrays)",
     "tinygrad_gpt/pretrained.py": "reads and writes model files through host buffers (one tensor at a time)",
 }

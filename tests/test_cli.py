@@ -129,6 +129,15 @@ def test_sample_prints_the_prompt_and_its_continuation(trained, capsys):
     assert sample.main([*in_process, "--seed", "2"]) == 0 and capsys.readouterr().out != result.stdout
 
 
+def test_sample_top_k_0_means_no_limit_as_in_generate(trained, capsys):
+    args = ["--out_dir", str(trained / "out"), "--prompt", "he", "--max_new_tokens", "20", "--seed", "3"]
+    texts = []
+    for top_k in ("0", "none"):
+        assert sample.main([*args, "--top_k", top_k]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1]
+
+
 def test_sample_reads_the_prompt_from_a_file_and_picks_checkpoints(trained, capsys):
     (trained / "prompt.txt").write_text("this is\n")
     for which in ("best", "latest"):

@@ -40,8 +40,8 @@ def _run_both(fn, *arrays, dtype):
     [
         ("gelu", F.gelu, [(3, 5, 8)]),
         ("layer_norm", lambda x, w, b: F.layer_norm(x, w, b), [(4, 6, 16), (16,), (16,)]),
-        ("attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [(2, 3, 7, 4)] * 3),
-        ("attention with cache", lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        ("attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), [(2, 3, 7, 4)] * 3),
+        ("attention with cache", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
          [(2, 3, 2, 4), (2, 3, 7, 4), (2, 3, 7, 4)]),
         ("non-causal attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
          [(2, 3, 7, 4)] * 3),

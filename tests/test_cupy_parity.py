@@ -134,7 +134,8 @@ FUSED = {
     "embedding": (lambda i, w: F.embedding(i, w), [np.abs(_TARGETS), randn(10, 16)]),
     "causal_self_attention": (lambda qkv: F.causal_self_attention(qkv, 4), [randn(2, 8, 48)]),
     "scaled_dot_product_attention causal": (
-        F.scaled_dot_product_attention, [randn(2, 4, 8, 4), randn(2, 4, 8, 4), randn(2, 4, 8, 4)]),
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+        [randn(2, 4, 8, 4), randn(2, 4, 8, 4), randn(2, 4, 8, 4)]),
     "scaled_dot_product_attention full": (
         lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
         [randn(2, 4, 5, 4), randn(2, 4, 7, 4), randn(2, 4, 7, 4)]),

@@ -7,6 +7,7 @@ and line, and its first line of code.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import re
 import struct
@@ -93,6 +94,26 @@ def test_images_exist_and_are_small_pngs(path):
         width, height = struct.unpack(">II", data[16:24])
         assert width >= 300 and height >= 200, f"{target} is only {width}x{height} pixels"
         assert len(data) < 100_000, f"{target} is {len(data)} bytes; keep committed figures under 100 kB"
+
+
+def _private_names(code: str) -> list[str]:
+    """Private names a code block uses: `from tinygrad_gpt... import _x`, `module._x`, `t._ctx` (dunders are fine)."""
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tinygrad_gpt"):
+            parts = node.module.split(".") + [alias.name for alias in node.names]
+            found += [f"from {node.module} import {p}" for p in parts if p.startswith("_")]
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.endswith("__"):
+            found.append(f".{node.attr}")
+    return found
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.name) for p in [*DOC_FILES, DOCS.parent / "README.md"]])
+def test_docs_use_only_public_names(path):
+    """What the docs teach must be the public interface, not helpers that may change."""
+    private = [f"block at line {line}: {name}" for lang, line, code in code_blocks(path) if lang == "python"
+               for name in _private_names(code)]
+    assert not private, f"{path.name} uses private names: {private}"
 
 
 def _github_anchor(heading: str) -> str:

@@ -169,7 +169,7 @@ def test_attention_with_cache_aligns_the_mask_bottom_right():
 
     q, k, v = _rand(0, 1, 2, 2, 4), _rand(1, 1, 2, 5, 4), _rand(2, 1, 2, 5, 4)
     mask = torch.ones(2, 5, dtype=torch.bool).tril(diagonal=3)  # query i sees keys 0..3+i
-    compare_with_torch(lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+    compare_with_torch(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
                        lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask),
                        q, k, v)
 
@@ -206,7 +206,7 @@ def test_dropout_is_identity_in_eval_and_rejects_bad_p():
         (lambda: F.cross_entropy(Tensor(np.ones((2, 3))), np.array([0, 3])), r"\[0, 3\)"),
         (lambda: F.embedding(np.array([5]), Tensor(np.ones((4, 2)))), r"\[0, 4\)"),
         (lambda: F.scaled_dot_product_attention(Tensor(np.ones((1, 1, 3, 2))), Tensor(np.ones((1, 1, 2, 2))),
-                                                Tensor(np.ones((1, 1, 2, 2)))), "Tk >= Tq"),
+                                                Tensor(np.ones((1, 1, 2, 2))), is_causal=True), "Tk >= Tq"),
     ],
 )
 def test_shape_errors_name_the_shapes(call, message):
@@ -220,7 +220,7 @@ def test_fused_functions_keep_float32():
     W, b = Tensor(rng.standard_normal((8, 8)), requires_grad=True), Tensor(np.zeros(8), requires_grad=True)
     h = F.layer_norm(F.gelu(F.linear(x, W, b)), Tensor(np.ones(8)), b)
     q = h.reshape(2, 3, 2, 4).transpose(1, 2)
-    att = F.scaled_dot_product_attention(q, q, q)
+    att = F.scaled_dot_product_attention(q, q, q, is_causal=True)
     loss = F.cross_entropy(att.reshape(2, 3 * 2, 4), np.zeros((2, 6), dtype=np.int64))
     loss.backward()
     assert loss.dtype == np.float32

@@ -131,9 +131,14 @@ def test_every_public_tensor_method_and_primitive_function_says_what_it_does():
 
     public = [name for name in dir(Tensor) if not name.startswith("_")]
     assert {"sum", "mean", "reshape", "backward", "exp"} <= set(public)
+    learner_ops = {"min", "std", "cumsum", "sin", "cos", "log1p", "retain_grad", "grad_fn", "is_leaf", "eq", "ne"}
+    assert learner_ops <= set(public), sorted(learner_ops - set(public))
     undocumented = [name for name in public if not inspect.getdoc(getattr(Tensor, name))]
     assert not undocumented, f"Tensor methods without a docstring: {undocumented}"
     assert "axis" in Tensor.sum.__doc__ and "keepdims" in Tensor.sum.__doc__
+    assert "retain_graph" in Tensor.backward.__doc__
+    for name in ("draw_graph", "einsum", "zeros_like", "ones_like", "Function"):
+        assert inspect.getdoc(getattr(tinygrad_gpt, name)), name
     for module in (ops, functional):
         functions = [c for c in vars(module).values()
                      if isinstance(c, type) and issubclass(c, Function) and c is not Function]

@@ -226,7 +226,7 @@ def test_sampler_draws_from_the_softmax_restricted_by_top_k_and_top_p():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(temperature=-1), "temperature"), (dict(top_k=0), "top_k"), (dict(top_p=1.5), "top_p")],
+    [(dict(temperature=-1), "temperature"), (dict(top_k=-1), "top_k"), (dict(top_p=1.5), "top_p")],
 )
 def test_generate_rejects_bad_sampling_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

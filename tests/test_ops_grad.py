@@ -13,9 +13,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tinygrad_gpt import Tensor, cat, gradcheck, matmul, stack, where
-from tinygrad_gpt.autograd import Function
+from tinygrad_gpt import Function, Tensor, cat, einsum, gradcheck, matmul, nn, stack, where
 from tinygrad_gpt.gradcheck import GradcheckError
+from tinygrad_gpt.nn import functional as F
 
 F64 = np.float64
 shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=3)
@@ -144,6 +144,11 @@ UNARY = {
     "relu": (lambda x: x.relu(), away_from_zero),
     "gelu": (lambda x: x.gelu(), lambda s: values(s, -4.0, 4.0)),
     "abs": (lambda x: x.abs(), away_from_zero),
+    "sin": (lambda x: x.sin(), lambda s: values(s, -4.0, 4.0)),
+    "cos": (lambda x: x.cos(), lambda s: values(s, -4.0, 4.0)),
+    "log1p": (lambda x: x.log1p(), lambda s: values(s, -0.9, 3.0)),
+    "nn.Tanh": (lambda x: nn.Tanh()(x), lambda s: values(s, -3.0, 3.0)),
+    "nn.Sigmoid": (lambda x: nn.Sigmoid()(x), lambda s: values(s, -5.0, 5.0)),
 }
 
 
@@ -174,11 +179,57 @@ def test_smooth_reductions(name, data, shape, keepdims):
     gradcheck(lambda t: getattr(t, name)(axis=axis, keepdims=keepdims), param(x))
 
 
+@pytest.mark.parametrize("name", ["max", "min"])
 @given(data=st.data(), shape=shapes, keepdims=st.booleans())
-def test_max(data, shape, keepdims):
+def test_max_min(name, data, shape, keepdims):
     axis = data.draw(axes(len(shape)))
     x = data.draw(distinct(shape))
-    gradcheck(lambda t: t.max(axis=axis, keepdims=keepdims), param(x))
+    gradcheck(lambda t: getattr(t, name)(axis=axis, keepdims=keepdims), param(x))
+
+
+@given(data=st.data(), shape=shapes, keepdims=st.booleans(), ddof=st.integers(0, 1))
+def test_std(data, shape, keepdims, ddof):
+    axis = data.draw(axes(len(shape)))
+    n = int(np.prod(shape)) // np.ones(shape).sum(axis=axis).size  # elements per reduced group
+    assume(n - ddof > 0 and n > 1)  # one element (or no degree of freedom) has std 0: a kink of sqrt
+    x = data.draw(distinct(shape))  # distinct values: the std stays away from 0
+    gradcheck(lambda t: t.std(axis=axis, keepdims=keepdims, ddof=ddof), param(x))
+
+
+@given(data=st.data(), shape=nonscalar_shapes)
+def test_cumsum(data, shape):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    gradcheck(lambda t: t.cumsum(axis), param(data.draw(values(shape))))
+
+
+EINSUMS = {  # subscripts -> operand shapes (letters i, j, k, l are sizes 2, 3, 2, 1)
+    "ij,jk->ik": [(2, 3), (3, 2)],
+    "ij,jk": [(2, 3), (3, 2)],  # implicit output: ik
+    "bij,bjk->bik": [(2, 2, 3), (2, 3, 2)],
+    "ij->ji": [(2, 3)],
+    "ij->": [(2, 3)],
+    "ij->j": [(2, 3)],
+    "ii->i": [(2, 2)],
+    "ii": [(2, 2)],  # the trace
+    "i,j->ij": [(2,), (3,)],
+    "ij,ij->i": [(2, 3), (2, 3)],
+    "ii,ik->k": [(2, 2), (2, 3)],
+    "ijl,jk->kl": [(2, 3, 1), (3, 2)],
+}
+
+
+@pytest.mark.parametrize("subscripts", list(EINSUMS))
+@given(data=st.data())
+def test_einsum(subscripts, data):
+    xs = [param(data.draw(values(s))) for s in EINSUMS[subscripts]]
+    gradcheck(lambda *ts: einsum(subscripts, *ts), *xs)
+
+
+@given(data=st.data(), shape=shapes)
+def test_binary_cross_entropy(data, shape):
+    probs = data.draw(values(shape, 0.05, 0.95))
+    targets = data.draw(values(shape, 0.0, 1.0))
+    gradcheck(lambda p, t: F.binary_cross_entropy(p, t), param(probs), param(targets))
 
 
 # ---------------------------------------------------------------- shape ops

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import compare_with_torch, requires_torch
-from tinygrad_gpt import Tensor, cat, matmul, stack, where
+from tinygrad_gpt import Tensor, cat, einsum, matmul, nn, ones_like, stack, where, zeros_like
+from tinygrad_gpt.nn import functional as F
 
 pytestmark = requires_torch
 
@@ -141,6 +142,41 @@ CASES = {
     "matmul 1-d x 1-d": (lambda a, b: a @ b, lambda a, b: a @ b, [randn(4), randn(4)]),
     "matmul 1-d x batch": (lambda a, b: a @ b, lambda a, b: a @ b, [randn(3), randn(2, 3, 4)]),
     "matmul batch x 1-d": (lambda a, b: a @ b, lambda a, b: a @ b, [randn(2, 3, 4), randn(4)]),
+    # the ops learners reach for
+    "sin": (lambda a: a.sin(), lambda a: a.sin(), [randn(2, 3) * 3]),
+    "cos": (lambda a: a.cos(), lambda a: a.cos(), [randn(2, 3) * 3]),
+    "log1p": (lambda a: a.log1p(), lambda a: a.log1p(), [positive(2, 3) - 0.1]),
+    "min all": (lambda a: a.min(), lambda a: _torch().amin(a), [randn(2, 3)]),
+    "min axis keepdims": (lambda a: a.min(axis=-1, keepdims=True), lambda a: _torch().amin(a, dim=-1, keepdim=True),
+                          [randn(2, 3, 4)]),
+    "min ties share": (lambda a: a.min(axis=1), lambda a: _torch().amin(a, dim=1),
+                       [np.array([[1.0, 0.5, 0.5], [2.0, 2.0, 2.0]])]),
+    "std all": (lambda a: a.std(), lambda a: a.std(correction=0), [randn(2, 3)]),
+    "std axis ddof=1": (lambda a: a.std(axis=0, ddof=1), lambda a: a.std(dim=0), [randn(4, 3)]),
+    "cumsum": (lambda a: a.cumsum(1), lambda a: a.cumsum(dim=1), [randn(2, 4, 3)]),
+    "cumsum neg axis": (lambda a: a.cumsum(-1), lambda a: a.cumsum(dim=-1), [randn(3, 5)]),
+    "einsum matmul": (lambda a, b: einsum("ij,jk->ik", a, b), lambda a, b: _torch().einsum("ij,jk->ik", a, b),
+                      [randn(2, 3), randn(3, 4)]),
+    "einsum batched implicit": (lambda a, b: einsum("bij,bjk", a, b), lambda a, b: _torch().einsum("bij,bjk", a, b),
+                                [randn(2, 2, 3), randn(2, 3, 4)]),
+    "einsum outer": (lambda a, b: einsum("i,j->ij", a, b), lambda a, b: _torch().einsum("i,j->ij", a, b),
+                     [randn(3), randn(4)]),
+    "einsum trace": (lambda a: einsum("ii", a), lambda a: _torch().einsum("ii", a), [randn(3, 3)]),
+    "einsum diagonal": (lambda a: einsum("ii->i", a), lambda a: _torch().einsum("ii->i", a), [randn(3, 3)]),
+    "einsum sum and transpose": (lambda a: einsum("ijk->kj", a), lambda a: _torch().einsum("ijk->kj", a),
+                                 [randn(2, 3, 4)]),
+    "einsum list form": (lambda a, b: einsum("ij,ij->i", [a, b]), lambda a, b: _torch().einsum("ij,ij->i", [a, b]),
+                         [randn(2, 3), randn(2, 3)]),
+    "nn.Tanh": (lambda a: nn.Tanh()(a), lambda a: _torch().nn.Tanh()(a), [randn(2, 3) * 2]),
+    "nn.Sigmoid": (lambda a: nn.Sigmoid()(a), lambda a: _torch().nn.Sigmoid()(a), [randn(2, 3) * 4]),
+    "binary_cross_entropy": (lambda p, t: F.binary_cross_entropy(p, t),
+                             lambda p, t: _torch().nn.functional.binary_cross_entropy(p, t),
+                             [rng.uniform(0.05, 0.95, (3, 4)), rng.uniform(0, 1, (3, 4))]),
+    # p = 0 or 1 (a saturated float32 sigmoid): finite loss and probability gradient (torch's target
+    # gradient is inf there, ours is clamped, so the targets are constants here)
+    "binary_cross_entropy saturated": (lambda p, t: F.binary_cross_entropy(p, t.detach()),
+                                       lambda p, t: _torch().nn.functional.binary_cross_entropy(p, t.detach()),
+                                       [np.array([0.0, 1.0, 0.5, 1.0]), np.array([1.0, 0.0, 1.0, 1.0])]),
 }
 
 
@@ -148,6 +184,36 @@ CASES = {
 def test_matches_torch(name):
     our_fn, torch_fn, arrays = CASES[name]
     compare_with_torch(our_fn, torch_fn, *arrays)
+
+
+# name -> (our_fn, torch_fn, arrays): ops without a gradient (integer or constant results)
+VALUE_CASES = {
+    "one_hot": (lambda i: F.one_hot(i, 5), lambda i: _torch().nn.functional.one_hot(i, 5),
+                [np.array([[0, 4], [2, 2]])]),
+    "one_hot inferred": (lambda i: F.one_hot(i), lambda i: _torch().nn.functional.one_hot(i), [np.array([3, 0, 1])]),
+    "zeros_like": (lambda a: zeros_like(a), lambda a: _torch().zeros_like(a), [randn(2, 3)]),
+    "ones_like": (lambda a: ones_like(a), lambda a: _torch().ones_like(a), [randn(3)]),
+    "eq": (lambda a, b: a == b, lambda a, b: a == b, [np.array([1.0, 2.0, 3.0]), np.array([1.0, 0.0, 3.0])]),
+    "ne broadcast": (lambda a, b: a != b, lambda a, b: a != b, [np.array([[1.0], [2.0]]), np.array([1.0, 0.0])]),
+}
+
+
+@pytest.mark.parametrize("name", list(VALUE_CASES))
+def test_values_match_torch(name):
+    our_fn, torch_fn, arrays = VALUE_CASES[name]
+    outs, _ = compare_with_torch(our_fn, torch_fn, *arrays, grad=False)
+    expected = torch_fn(*[_torch().tensor(a) for a in arrays])
+    assert outs[0].dtype == np.dtype(str(expected.dtype).removeprefix("torch."))  # int64 one-hot, bool ==
+
+
+def test_float_and_int_match_torch():
+    torch = _torch()
+    for value in (2.7, -2.7, 0.0):
+        assert float(Tensor(value)) == pytest.approx(float(torch.tensor(value)))
+        assert int(Tensor(value)) == int(torch.tensor(value))  # truncation toward 0, as int(2.7)
+    assert int(Tensor(np.array([[5]]))) == 5 and float(Tensor([1.5])) == 1.5
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        float(Tensor([1.0, 2.0]))
 
 
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])

@@ -6,6 +6,8 @@ The package reads bottom-up as the stack it is:
     kernels/        optional fused kernels (cpu.py: numba, cuda.py: CuPy) behind one `find`
     autograd.py     grad mode, Function and the backward engine
     ops.py          the primitive Functions; tensor.py: Tensor, its operators and composite ops
+                    (movement.py: its reshape/permute/indexing methods; functions.py: einsum, zeros_like)
+    viz.py          draw_graph: the recorded graph as Graphviz DOT text (and SVG/PNG with `dot`)
     nn/  optim.py   Modules and layers (nn/functional.py: the fused Functions), optimizers
     model.py        GPTConfig and GPT
 
@@ -30,6 +32,11 @@ _HOME = {  # public name -> the module that defines it
     "matmul": "tinygrad_gpt.tensor",
     "stack": "tinygrad_gpt.tensor",
     "where": "tinygrad_gpt.tensor",
+    "einsum": "tinygrad_gpt.functions",
+    "zeros_like": "tinygrad_gpt.functions",
+    "ones_like": "tinygrad_gpt.functions",
+    "Function": "tinygrad_gpt.autograd",
+    "draw_graph": "tinygrad_gpt.viz",
     "no_grad": "tinygrad_gpt.autograd",
     "is_grad_enabled": "tinygrad_gpt.autograd",
     "get_default_dtype": "tinygrad_gpt.backend",

@@ -382,11 +382,14 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------- CPU memory allocator
 
 
-def _tune_glibc_malloc() -> None:
-    """Keep freed large blocks in the process instead of returning them to the kernel.
+def tune_malloc() -> None:
+    """Keep freed large blocks in the process instead of returning them to the kernel (glibc only).
 
     NumPy's temporaries are large (over glibc's 128 KiB mmap threshold), so by default every one
-    is mmap'ed and page-faulted afresh; keeping them cut a training step by ~20% on 2 cores.
+    is mmap'ed and page-faulted afresh; keeping them cut a training step by ~20% on 2 cores. It
+    changes the whole process (freed memory is no longer returned to the OS), so a library must
+    not do it at import: the training CLI and the benchmark workers call it; TINYGRAD_GPT_MALLOC=0
+    turns it off there.
     """
     if not sys.platform.startswith("linux") or os.environ.get("TINYGRAD_GPT_MALLOC", "1") == "0":
         return
@@ -397,6 +400,3 @@ def _tune_glibc_malloc() -> None:
         libc.mallopt(m_trim_threshold, 1 << 30)
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
-
-
-_tune_glibc_malloc()

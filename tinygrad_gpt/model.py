@@ -387,18 +387,21 @@ class GPT(Module):
         the model has dropout.
 
         Args:
-            idx: integer token ids (B, T) with T >= 1, array or Tensor.
+            idx: integer token ids (B, T) with T >= 1, array or Tensor; or (T,) for one sequence
+                (what a tokenizer's encode returns), which gives a (T + max_new_tokens,) result.
             max_new_tokens: number of tokens to append.
             temperature: divides the logits; 0 picks the most likely token (greedy).
-            top_k: sample only among the k most likely tokens.
+            top_k: sample only among the k most likely tokens (None or 0: all tokens, as Hugging Face).
             top_p: sample only among the most likely tokens whose probabilities sum to top_p (nucleus).
             seed: seeds a generator for this call; None draws from the library's (`manual_seed`).
             use_cache: False recomputes the whole context for every token (for checking the cache).
         Returns:
-            numpy int64 array (B, T + max_new_tokens).
+            numpy int64 array (B, T + max_new_tokens), or (T + max_new_tokens,) for a 1-D idx.
         """
         check_sampling(temperature, top_k, top_p, max_new_tokens)
-        tokens = _token_array(idx, self.device).astype("int64")  # (B, T)
+        tokens = _token_array(idx, self.device, allow_1d=True).astype("int64")
+        if tokens.ndim == 1:  # one sequence: a batch of one, returned as it came
+            return self.generate(tokens[None, :], max_new_tokens, temperature, top_k, top_p, seed, use_cache)[0]
         if tokens.shape[1] < 1:
             raise ValueError(f"generate: idx needs at least one token per row, got shape {tuple(tokens.shape)}")
         xp = backend.get_array_module(tokens)
@@ -444,13 +447,14 @@ def sinusoidal_positions(n_positions: int, dim: int) -> Tensor:
     return Tensor(table)  # float64 once at build time, then cast to the default dtype
 
 
-def _token_array(idx, device: str):
-    """Token ids as a 2-D integer array on `device`, or a clear error."""
+def _token_array(idx, device: str, allow_1d: bool = False):
+    """Token ids as a 2-D (or, when allowed, 1-D) integer array on `device`, or a clear error."""
     data = backend.asarray(idx.data if isinstance(idx, Tensor) else idx, device=device)
     if data.dtype.kind not in "iu":
         raise TypeError(f"token ids must be integers, got dtype {data.dtype}")
-    if data.ndim != 2:
-        raise ValueError(f"token ids must have shape (B, T), got shape {tuple(data.shape)}")
+    if data.ndim != 2 and not (allow_1d and data.ndim == 1):
+        shapes = "(B, T) or (T,)" if allow_1d else "(B, T)"
+        raise ValueError(f"token ids must have shape {shapes}, got shape {tuple(data.shape)}")
     return data
 
 
@@ -462,8 +466,8 @@ def check_sampling(temperature, top_k, top_p, max_new_tokens, label: str = "gene
     """
     checks = [  # (name, value, whether it is valid, what a valid value is)
         ("temperature", temperature, temperature >= 0, "must be >= 0"),  # False for NaN
-        ("top_k", top_k, top_k is None or (isinstance(top_k, int) and top_k >= 1),
-         "must be a positive integer or None"),
+        ("top_k", top_k, top_k is None or (isinstance(top_k, int) and top_k >= 0),
+         "must be a non-negative integer (0: no limit) or None"),
         ("top_p", top_p, top_p is None or 0.0 < top_p <= 1.0, "must be in (0, 1] or None"),
         ("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, int) and max_new_tokens >= 0,
          "must be a non-negative integer"),
@@ -487,7 +491,7 @@ class _Sampler:
         if self.temperature == 0:
             return logits.argmax(axis=-1).astype("int64")
         logits = logits / self.temperature
-        if self.top_k is not None and self.top_k < logits.shape[-1]:
+        if self.top_k and self.top_k < logits.shape[-1]:  # None or 0: no top-k filtering
             kth = xp.partition(logits, -self.top_k, axis=-1)[:, -self.top_k][:, None]  # (B, 1)
             logits = xp.where(logits < kth, -xp.inf, logits)
         probs = xp.exp(logits - logits.max(axis=-1, keepdims=True))  # (B, V)

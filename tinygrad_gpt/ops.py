@@ -198,6 +198,39 @@ class Tanh(Function):
         return gy * (1 - self.y * self.y)
 
 
+class Sin(Function):
+    """sine."""
+
+    def forward(self, x):
+        self.x = x
+        return xp_of(x).sin(x)
+
+    def backward(self, gy):
+        return gy * xp_of(gy).cos(self.x)
+
+
+class Cos(Function):
+    """cosine."""
+
+    def forward(self, x):
+        self.x = x
+        return xp_of(x).cos(x)
+
+    def backward(self, gy):
+        return -gy * xp_of(gy).sin(self.x)
+
+
+class Log1p(Function):
+    """log(1 + x), accurate for small x."""
+
+    def forward(self, x):
+        self.x = x
+        return xp_of(x).log1p(x)
+
+    def backward(self, gy):
+        return gy / (1 + self.x)
+
+
 class Sigmoid(Function):
     """1 / (1 + e ** -x), computed as 0.5 (1 + tanh(x / 2)) so it never overflows."""
 
@@ -332,6 +365,61 @@ class Max(Function):
             gy = xp.expand_dims(gy, self.axis)
         is_max = self.x == self.y
         return gy * is_max / is_max.sum(axis=self.axis, keepdims=True).astype(gy.dtype)
+
+
+class Cumsum(Function):
+    """Running sums along `axis`; the gradient is the running sum of gy taken from the other end."""
+
+    def forward(self, x, axis=0):
+        self.axis = axis
+        return xp_of(x).cumsum(x, axis=axis)
+
+    def backward(self, gy):
+        # y[i] = sum_{j <= i} x[j], so gx[j] = sum_{i >= j} gy[i]: a cumsum of the reversed gy, reversed
+        xp = xp_of(gy)
+        return xp.flip(xp.cumsum(xp.flip(gy, self.axis), axis=self.axis), self.axis)
+
+
+class Einsum(Function):
+    """numpy.einsum with explicit subscripts ('ij,jk->ik'); each input's gradient is an einsum too.
+
+    The gradient w.r.t. input i contracts gy with the other inputs onto input i's letters. Letters
+    that appear only in input i were summed away, so the gradient is broadcast along them; a letter
+    repeated within input i (a diagonal, 'ii->i') is spread back onto the diagonal by an identity.
+    """
+
+    def forward(self, *xs, subscripts=""):
+        self.xs, self.subscripts = xs, subscripts
+        return xp_of(*xs).einsum(subscripts, *xs)
+
+    def backward(self, gy):
+        ins, out = self.subscripts.split("->")
+        ins = ins.split(",")
+        return tuple(self._input_grad(gy, ins, out, i) if need else None for i, need in enumerate(self.needs_grad))
+
+    def _input_grad(self, gy, ins: list, out: str, i: int):
+        xp, x = xp_of(gy), self.xs[i]
+        others = [s for j, s in enumerate(ins) if j != i]
+        known = set(out).union(*others)  # letters gy and the other inputs carry
+        letters = "".join(dict.fromkeys(ins[i]))  # input i's letters, each once, in order
+        kept = "".join(c for c in letters if c in known)
+        g = xp.einsum(",".join([out, *others]) + "->" + kept, gy, *(x for j, x in enumerate(self.xs) if j != i))
+        size = {c: n for c, n in zip(ins[i], x.shape)}
+        g = g.reshape([size[c] if c in known else 1 for c in letters])  # summed-away letters: size 1
+        g = xp.broadcast_to(g, [size[c] for c in letters])  # (letters...) in input i's sizes
+        if letters == ins[i]:
+            return g
+        # a letter repeated in input i: put g on the diagonal, one identity per extra occurrence
+        target, eyes, spare = "", [], iter(sorted(set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+                                                  - set("".join(ins)) - set(out)))
+        for c in ins[i]:
+            if c in target:
+                new = next(spare)
+                eyes.append(c + new)
+                c = new
+            target += c
+        eye_arrays = [xp.eye(size[pair[0]], dtype=g.dtype) for pair in eyes]
+        return xp.einsum(",".join([letters, *eyes]) + "->" + target, g, *eye_arrays)
 
 
 # ---------------------------------------------------------------- shape

@@ -40,7 +40,6 @@ class SampleConfig:
     def __post_init__(self):
         if self.num_samples < 1:
             raise UsageError(f"--num_samples must be >= 1, got {self.num_samples}")
-        self.top_k = self.top_k or None  # 0 means no limit, as None does for generate
         check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens, label="--{}")
 
 

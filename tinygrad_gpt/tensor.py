@@ -1,8 +1,11 @@
 """Tensor: an n-dimensional array that records the operations applied to it, for reverse-mode autograd.
 
-Creation, conversion, operators and composite ops (mean, var, split, ...) live here; each primitive
-op is a `Function` in ops.py, and the backward pass is autograd.py's. Tensor methods check their
-arguments and raise ValueError/TypeError naming the shapes, so Functions can assume valid input.
+Creation, conversion, operators and composite ops (mean, var, min, std, ...) live here; to keep
+this file short, the movement methods (reshape, permute, indexing, split) are a mixin in
+movement.py, and the free functions no Tensor method needs (einsum, zeros_like) are in
+functions.py. Each primitive op is a `Function` in ops.py, and the backward pass is autograd.py's.
+Tensor methods check their arguments and raise ValueError/TypeError naming the shapes, so
+Functions can assume valid input.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import operator
 from tinygrad_gpt import autograd, backend, ops, shapes
 from tinygrad_gpt.autograd import Function, is_grad_enabled, no_grad
 from tinygrad_gpt.backend import get_default_dtype, set_default_dtype
+from tinygrad_gpt.movement import MovementMethods
 
 __all__ = ["Function", "Tensor", "cat", "get_default_dtype", "is_grad_enabled", "matmul", "no_grad",
            "set_default_dtype", "stack", "where"]
@@ -54,6 +58,8 @@ def _comparison(compare, symbol: str):
     """A comparison method: a boolean tensor without gradient."""
 
     def method(self, other):
+        if not isinstance(other, (Tensor, int, float, bool, list, tuple)) and not hasattr(other, "dtype"):
+            return NotImplemented  # t == None, t == "a": Python's fallback (identity for ==)
         return Tensor._make(compare(self.data, _comparand(other, self)), False, None)
 
     method.__doc__ = f"Elementwise {symbol}, a boolean tensor without gradient."
@@ -63,7 +69,7 @@ def _comparison(compare, symbol: str):
 # ---------------------------------------------------------------- Tensor
 
 
-class Tensor:
+class Tensor(MovementMethods):
     """An n-dimensional array that records the operations applied to it for reverse-mode autograd."""
 
     __slots__ = {  # name -> what help() shows
@@ -71,6 +77,8 @@ class Tensor:
         "grad": "The gradient backward() accumulated (a Tensor of this shape), or None.",
         "requires_grad": "Whether backward() computes a gradient for this tensor.",
         "_ctx": "The Function that made this tensor, while the graph is recorded (None for leaves).",
+        "_retains_grad": "Set by retain_grad(): backward() stores .grad here although this is no leaf.",
+        "_frozen": "Set by requires_grad_(False) on a parameter: Modules still list it (state_dict keeps it).",
         "__weakref__": None,
     }
     __array_priority__ = 1000  # so `ndarray + Tensor` calls Tensor.__radd__
@@ -161,15 +169,20 @@ class Tensor:
         """'cpu' or 'cuda': where the data lives."""
         return backend.device_of(self.data)
 
-    @property
-    def T(self) -> Tensor:
-        """The axes reversed (the transpose of a matrix)."""
-        return self.permute(*reversed(range(self.ndim)))
-
     def __len__(self) -> int:
         if self.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
         return self.shape[0]
+
+    @property
+    def grad_fn(self) -> Function | None:
+        """The Function that made this tensor (None for leaves and without a graph); its `.parents` are the inputs."""
+        return self._ctx
+
+    @property
+    def is_leaf(self) -> bool:
+        """True for tensors not made by a recorded op (your inputs and parameters): backward fills their .grad."""
+        return self._ctx is None
 
     def __repr__(self) -> str:
         values = str(backend.to_numpy(self.data)).replace("\n", "\n       ")
@@ -187,6 +200,17 @@ class Tensor:
         if self.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.item()
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def __int__(self) -> int:
+        return int(self.item())
+
+    def __bool__(self) -> bool:
+        if self.size != 1:  # `if t == u:` on many elements: say what to write instead
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous; use .any() or .all()")
+        return bool(self.item())
 
     def tolist(self):
         """The values as nested Python lists."""
@@ -219,13 +243,21 @@ class Tensor:
         """Set whether backward() computes a gradient for this tensor (float tensors only); returns self."""
         if requires_grad and not backend.is_float(self.dtype):
             raise TypeError(f"only float tensors can require gradients, got dtype {self.dtype}")
-        self.requires_grad = requires_grad
+        if not requires_grad and self.requires_grad and self._ctx is None:
+            self._frozen = True  # a frozen parameter: Module.parameters() and state_dict() keep it
+        self.requires_grad = bool(requires_grad)
         return self
 
     # ------------------------------------------------------------ autograd
 
-    def backward(self, grad=None) -> None:
-        """Accumulate d(self)/d(leaf) into the `.grad` of every leaf that requires grad."""
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into the `.grad` of every leaf that requires grad.
+
+        Args:
+            grad: d(loss)/d(self), of self's shape; may be omitted for a one-element tensor (it is 1).
+            retain_graph: keep the graph, so a second backward() or `draw_graph` can use it; by
+                default it is freed, and a second backward() through it is an error.
+        """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
         if grad is None:
@@ -240,7 +272,15 @@ class Tensor:
             if tuple(grad.shape) != self.shape:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)}, output has shape {self.shape}")
 
-        autograd.backward(self, grad)
+        autograd.backward(self, grad, retain_graph=retain_graph)
+
+    def retain_grad(self) -> Tensor:
+        """Make backward() store this (intermediate) tensor's gradient in `.grad` too; returns self."""
+        if not self.requires_grad:
+            raise RuntimeError("retain_grad() on a tensor that does not require grad (it gets no gradient)")
+        if self._ctx is not None:  # leaves get their .grad anyway
+            self._retains_grad = True
+        return self
 
     # ------------------------------------------------------------ arithmetic (operands broadcast)
 
@@ -261,17 +301,20 @@ class Tensor:
         """-self."""
         return ops.Neg.apply(self)
 
-    # comparisons give boolean tensors without gradients (== and != keep Python identity)
+    # comparisons give boolean tensors without gradients
     __lt__, __le__ = _comparison(operator.lt, "<"), _comparison(operator.le, "<=")
     __gt__, __ge__ = _comparison(operator.gt, ">"), _comparison(operator.ge, ">=")
-    eq = _comparison(operator.eq, "== (the == operator keeps Python identity)")
+    __eq__, __ne__ = _comparison(operator.eq, "=="), _comparison(operator.ne, "!=")
+    eq, ne = _comparison(operator.eq, "== (the same as the == operator)"), _comparison(operator.ne, "!=")
 
+    # NOTE: hashed by identity although == is elementwise (as torch); `t in list_of_tensors` uses ==: use `is`
     __hash__ = object.__hash__
 
     # ------------------------------------------------------------ elementwise
 
     exp, log, sqrt, tanh = _unary(ops.Exp), _unary(ops.Log), _unary(ops.Sqrt), _unary(ops.Tanh)
     sigmoid, relu, gelu, abs = _unary(ops.Sigmoid), _unary(ops.Relu), _unary(ops.Gelu), _unary(ops.Abs)
+    sin, cos, log1p = _unary(ops.Sin), _unary(ops.Cos), _unary(ops.Log1p)
 
     def clip(self, min=None, max=None):
         """Values limited to [min, max]; either bound may be None."""
@@ -305,6 +348,14 @@ class Tensor:
             raise ValueError(f"max: empty tensor of shape {self.shape} has no maximum")
         return ops.Max.apply(self, axis=shapes.axes(axis, self.ndim, "max"), keepdims=keepdims)
 
+    def min(self, axis=None, keepdims=False):
+        """Minimum over `axis` (None: all, an int or a tuple), dropping those axes unless `keepdims`; ties share."""
+        if self.size == 0:
+            raise ValueError(f"min: empty tensor of shape {self.shape} has no minimum")
+        if not backend.is_float(self.dtype):  # no gradient, and -x would wrap around for unsigned integers
+            return Tensor._make(self.data.min(axis=shapes.axes(axis, self.ndim, "min"), keepdims=keepdims), False, None)
+        return -(-self).max(axis=axis, keepdims=keepdims)  # min(x) = -max(-x): ties share the gradient, as in max
+
     def var(self, axis=None, keepdims=False, ddof=0):
         """Variance as NumPy computes it (ddof=0 by default; torch's default is ddof=1)."""
         axes = shapes.axes(axis, self.ndim, "var")
@@ -314,90 +365,22 @@ class Tensor:
         centered = self - self.mean(axis=axes, keepdims=True)
         return (centered * centered).sum(axis=axes, keepdims=keepdims) * (1.0 / (n - ddof))
 
+    def std(self, axis=None, keepdims=False, ddof=0):
+        """Standard deviation, sqrt(var): NumPy's ddof=0 by default (torch's default is ddof=1)."""
+        return self.var(axis=axis, keepdims=keepdims, ddof=ddof).sqrt()
+
+    def cumsum(self, axis: int) -> Tensor:
+        """Running sums along `axis` (required, as torch's `dim`); the shape is kept."""
+        if not isinstance(axis, int):
+            raise TypeError(f"cumsum: axis must be an int, got {axis!r}")
+        if self.ndim == 0:
+            return self
+        (axis,) = shapes.axes(axis, self.ndim, "cumsum")
+        return ops.Cumsum.apply(self, axis=axis)
+
     def argmax(self, axis=None) -> Tensor:
         """Indices of the maxima along `axis` (of the flattened tensor when None); no gradient."""
         return Tensor._make(self.data.argmax(axis=axis), False, None)
-
-    # ------------------------------------------------------------ shape
-
-    def reshape(self, *shape):
-        """The same elements in a new shape (one entry may be -1); f(2, 3) and f((2, 3)) both work."""
-        shape = shapes.shape_arg(shape)
-        if shape == self.shape:
-            return self
-        return ops.Reshape.apply(self, shape=shape)
-
-    def view(self, *shape):
-        """Same as reshape."""
-        return self.reshape(*shape)
-
-    def flatten(self):
-        """The elements as a 1-D tensor."""
-        return self.reshape(-1)
-
-    def permute(self, *axes):
-        """The axes reordered: axis i of the result is axis axes[i] of this tensor."""
-        axes = shapes.shape_arg(axes)
-        in_range = all(-self.ndim <= a < self.ndim for a in axes)
-        if not in_range or sorted(a % self.ndim for a in axes) != list(range(self.ndim)):
-            raise ValueError(f"permute: axes {axes} are not a permutation of the axes of shape {self.shape}")
-        return ops.Permute.apply(self, axes=tuple(a % self.ndim for a in axes))
-
-    def transpose(self, ax1: int = -2, ax2: int = -1):
-        """Swap two axes (the last two by default)."""
-        axes = list(range(self.ndim))
-        try:
-            axes[ax1], axes[ax2] = axes[ax2], axes[ax1]
-        except IndexError:
-            raise ValueError(f"transpose: axes ({ax1}, {ax2}) out of range for shape {self.shape}") from None
-        return ops.Permute.apply(self, axes=tuple(axes))
-
-    def expand(self, *shape):
-        """This tensor broadcast to `shape` (size-1 axes repeated, leading axes added)."""
-        shape = shapes.shape_arg(shape)
-        if shape == self.shape:
-            return self
-        if not shapes.broadcasts_to(self.shape, shape):
-            raise ValueError(f"expand: shape {self.shape} cannot be broadcast to {shape}")
-        return ops.Expand.apply(self, shape=shape)
-
-    broadcast_to = expand
-
-    def unsqueeze(self, axis: int):
-        """A new axis of size 1 inserted at `axis`."""
-        if not -self.ndim - 1 <= axis <= self.ndim:
-            raise ValueError(f"unsqueeze: axis {axis} is out of range for shape {self.shape}")
-        axis = axis % (self.ndim + 1)
-        return self.reshape(self.shape[:axis] + (1,) + self.shape[axis:])
-
-    def squeeze(self, axis: int):
-        """Axis `axis`, which must have size 1, removed."""
-        if self.shape[axis] != 1:
-            raise ValueError(f"squeeze: axis {axis} of shape {self.shape} has size {self.shape[axis]}, not 1")
-        axis = axis % self.ndim
-        return self.reshape(self.shape[:axis] + self.shape[axis + 1 :])
-
-    def __getitem__(self, index):
-        return ops.GetItem.apply(self, index=_raw_index(index))
-
-    def split(self, size_or_sizes, axis: int = 0) -> list:
-        """Split into pieces of `size` (the last may be smaller) or of the given list of sizes."""
-        n = self.shape[axis]
-        if isinstance(size_or_sizes, int):
-            if size_or_sizes < 1:
-                raise ValueError(f"split: size must be >= 1, got {size_or_sizes}")
-            sizes = [min(size_or_sizes, n - i) for i in range(0, n, size_or_sizes)]
-        else:
-            sizes = list(size_or_sizes)
-            if sum(sizes) != n:
-                raise ValueError(f"split: sizes {sizes} sum to {sum(sizes)}, but axis {axis} of {self.shape} has {n}")
-        pieces, start = [], 0
-        for size in sizes:
-            index = [slice(None)] * self.ndim
-            index[axis] = slice(start, start + size)
-            pieces.append(self[tuple(index)])
-            start += size
-        return pieces
 
     # ------------------------------------------------------------ selection and softmax
 
@@ -512,12 +495,6 @@ def _comparand(x, like: Tensor):
     if backend.is_array(x) or isinstance(x, (list, tuple)):
         return backend.asarray(x, device=like.device)
     return x  # a Python or NumPy scalar
-
-
-def _raw_index(index):
-    if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    return _raw(index)
 
 
 autograd.register_tensor_class(Tensor)  # Function.apply wraps its outputs in Tensors

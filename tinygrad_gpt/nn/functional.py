@@ -13,9 +13,16 @@ from __future__ import annotations
 import functools
 import math
 
-from tinygrad_gpt import backend, kernels, ops
-from tinygrad_gpt.autograd import Function
+from tinygrad_gpt import backend, kernels, ops, shapes
+from tinygrad_gpt.autograd import Function, as_tensors
 from tinygrad_gpt.tensor import Tensor, _raw
+
+
+def _tensors(op_name: str, *xs) -> tuple:
+    """The arguments as Tensors (None stays None): NumPy arrays, lists and numbers are accepted wherever a
+    Tensor is, as constants in the dtype of the first float Tensor argument (the default float dtype if none)."""
+    converted = iter(as_tensors(tuple(x for x in xs if x is not None), op_name))
+    return tuple(None if x is None else next(converted) for x in xs)
 
 # ---------------------------------------------------------------- linear
 
@@ -49,6 +56,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     Returns:
         (..., out)
     """
+    x, weight, bias = _tensors("linear", x, weight, bias)
     if x.ndim < 1 or x.shape[-1] != weight.shape[0] or weight.ndim != 2:
         raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape {weight.shape} (in, out)")
     if bias is None:
@@ -150,6 +158,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     Returns:
         (..., C)
     """
+    x, weight, bias = _tensors("layer_norm", x, weight, bias)
     if x.ndim < 1 or weight.shape != (x.shape[-1],) or bias.shape != (x.shape[-1],):
         raise ValueError(
             f"layer_norm: input of shape {x.shape} needs weight and bias of shape ({x.shape[-1] if x.ndim else '?'},), "
@@ -169,6 +178,16 @@ def gelu(x: Tensor) -> Tensor:
 def relu(x: Tensor) -> Tensor:
     """max(x, 0) elementwise."""
     return ops.Relu.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    """Hyperbolic tangent elementwise."""
+    return ops.Tanh.apply(x)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    """1 / (1 + exp(-x)) elementwise, computed without overflow."""
+    return ops.Sigmoid.apply(x)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -198,6 +217,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Dropout with the library's seeded generator (`tinygrad_gpt.manual_seed`); identity when not training."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout: p must be in [0, 1), got {p}")
+    (x,) = _tensors("dropout", x)
     if not training or p == 0.0:
         return x
     return DropoutFunction.apply(x, p=p)
@@ -239,8 +259,10 @@ class CrossEntropy(Function):
 
     def _logits_grad(self, gy):
         # d loss / d logits = (softmax - one_hot(target)) / n_valid, zero on ignored rows
-        g = self.probs  # reused: the saved softmax is not needed after this
-        self.probs = None
+        if self.retain_graph:  # another backward will need the saved softmax: work on a copy
+            g = self.probs.copy()
+        else:  # reused: the saved softmax is not needed after this
+            g, self.probs = self.probs, None
         if self.rows is None:  # the forward ran the kernel: so does backward, whatever the switches say now
             return self.backward_kernel(g, self.t, self.ignore_index, gy).reshape(self.in_shape)
         g[self.rows, self.t] -= 1
@@ -252,15 +274,21 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
     """Mean cross-entropy over targets that are not `ignore_index`.
 
     Args:
-        logits: (N, C) or (B, T, C).
-        targets: integers of shape (N,) or (B, T).
+        logits: (N, C), (B, T, C), or (C,) for one example.
+        targets: integers of shape (N,), (B, T) or () (class indices, not one-hot rows).
     Returns:
         a scalar Tensor.
     """
+    (logits,) = _tensors("cross_entropy", logits)
     targets = backend.asarray(_raw(targets), device=logits.device)
+    if logits.ndim == 1 and targets.ndim == 0:  # one example: class scores (C,) and its class, as torch allows
+        return cross_entropy(logits.reshape(1, -1), targets.reshape(1), ignore_index)
     if logits.ndim not in (2, 3) or targets.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: logits of shape {logits.shape} need targets of shape {logits.shape[:-1]}, "
-                         f"got {tuple(targets.shape)}")
+        need = f"need targets of shape {logits.shape[:-1]} (one class index per row of scores)" if logits.ndim \
+            else "are not class scores"
+        raise ValueError(f"cross_entropy: logits of shape {logits.shape} {need}, got targets of shape "
+                         f"{tuple(targets.shape)} (accepted: logits (N, C), (B, T, C) or (C,) with targets (N,), "
+                         "(B, T) or ())")
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
     n_classes = logits.shape[-1]
@@ -273,12 +301,72 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
 
 def mse_loss(pred: Tensor, target) -> Tensor:
     """Mean squared error."""
-    if not isinstance(target, Tensor):
-        target = Tensor(target, dtype=pred.dtype, device=pred.device)
+    pred, target = _tensors("mse_loss", pred, target)
     if pred.shape != target.shape:
         raise ValueError(f"mse_loss: prediction of shape {pred.shape} and target of shape {target.shape} differ")
     diff = pred - target
     return (diff * diff).mean()
+
+
+class BinaryCrossEntropy(Function):
+    """Mean of -(t log p + (1 - t) log(1 - p)); logs clamped at -100, the gradient's denominator at 1e-12 (torch's)."""
+
+    def forward(self, p, t):
+        xp = backend.get_array_module(p)
+        self.p, self.t = p, t
+        # log(0) is -100 without a divide-by-zero warning: the log is taken of 1 there, then replaced
+        self.log_p = xp.where(p > 0, xp.maximum(xp.log(xp.where(p > 0, p, 1)), -100), -100).astype(p.dtype)
+        self.log_q = xp.where(p < 1, xp.maximum(xp.log(xp.where(p < 1, 1 - p, 1)), -100), -100).astype(p.dtype)
+        return -(t * self.log_p + (1 - t) * self.log_q).sum() / max(p.size, 1)
+
+    def backward(self, gy):
+        xp = backend.get_array_module(gy)
+        p, t, n = self.p, self.t, max(self.p.size, 1)
+        # d/dp = (p - t) / (p (1 - p)), finite at p = 0 or 1 (a saturated sigmoid)
+        gp = gy * (p - t) / xp.maximum(p * (1 - p), 1e-12) / n if self.needs_grad[0] else None
+        gt = gy * (self.log_q - self.log_p) / n if self.needs_grad[1] else None
+        return gp, gt
+
+
+def binary_cross_entropy(probs: Tensor, targets) -> Tensor:
+    """Mean binary cross-entropy of probabilities (after a sigmoid) against targets in [0, 1], as torch's.
+
+    Args:
+        probs: any shape, values in [0, 1]; targets: the same shape, values in [0, 1] (usually 0 or 1).
+    Returns:
+        a scalar Tensor.
+    """
+    probs, targets = _tensors("binary_cross_entropy", probs, targets)
+    if not backend.is_float(probs.dtype):
+        raise TypeError(f"binary_cross_entropy: probabilities must be floats, got dtype {probs.dtype}")
+    targets = targets.astype(probs.dtype)  # integer 0/1 labels are fine
+    if probs.shape != targets.shape:
+        raise ValueError(f"binary_cross_entropy: probabilities of shape {probs.shape} need targets of the same "
+                         f"shape, got {targets.shape}")
+    if bool(((probs.data < 0) | (probs.data > 1)).any()):  # one host sync
+        raise ValueError("binary_cross_entropy: probabilities must be in [0, 1] (apply sigmoid to logits first), "
+                         f"got min {float(probs.data.min())} max {float(probs.data.max())}")
+    return BinaryCrossEntropy.apply(probs, targets)
+
+
+def one_hot(indices, num_classes: int = -1) -> Tensor:
+    """Rows of the identity picked by integer `indices`: indices.shape + (num_classes,), int64, as torch's.
+
+    Args:
+        indices: integers in [0, num_classes); num_classes: -1 takes max(indices) + 1.
+    """
+    idx = backend.asarray(_raw(indices))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: indices must be integers, got dtype {idx.dtype}")
+    if num_classes == -1:
+        if idx.size == 0:
+            raise ValueError("one_hot: cannot infer num_classes from empty indices; pass num_classes")
+        num_classes = int(idx.max()) + 1
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= num_classes):
+        raise ValueError(f"one_hot: indices must be in [0, {num_classes}), got min {int(idx.min())} "
+                         f"max {int(idx.max())}")
+    xp = backend.get_array_module(idx)
+    return Tensor((idx[..., None] == xp.arange(num_classes)).astype("int64"))  # (..., num_classes)
 
 
 # ---------------------------------------------------------------- attention
@@ -292,9 +380,9 @@ def _causal_bias(t_q: int, t_k: int, dtype_name: str, device: str):
     return xp.where(future, -xp.inf, 0.0).astype(dtype_name)
 
 
-def _softmax_scores_(att, scale: float, causal: bool) -> None:
-    """In place: raw scores (..., Tq, Tk) -> softmax(scale * scores + causal mask) along the last axis."""
-    k = kernels.find("attention_softmax_", att)
+def _softmax_scores_(att, scale: float, causal: bool, mask=None) -> None:
+    """In place: raw scores (..., Tq, Tk) -> softmax(scale * scores + causal mask or `mask`) along the last axis."""
+    k = kernels.find("attention_softmax_", att) if mask is None else None
     if k:
         k(att.reshape(-1, *att.shape[-2:]), scale, causal)  # (R, Tq, Tk), a view: att is contiguous
         return
@@ -302,6 +390,8 @@ def _softmax_scores_(att, scale: float, causal: bool) -> None:
     att *= scale
     if causal:
         att += _causal_bias(att.shape[-2], att.shape[-1], att.dtype.name, backend.device_of(att))
+    if mask is not None:  # a boolean mask (True: attend) as 0 / -inf, or a float mask as it is
+        att += xp.where(mask, 0.0, -xp.inf).astype(att.dtype) if mask.dtype == bool else mask
     att -= att.max(axis=-1, keepdims=True)  # stable softmax
     xp.exp(att, out=att)
     att /= att.sum(axis=-1, keepdims=True)
@@ -319,11 +409,11 @@ def _softmax_scores_backward_(gatt, att, scale: float) -> None:
     gatt *= scale
 
 
-def _attend(q, k, v, causal: bool, out=None):
+def _attend(q, k, v, causal: bool, out=None, mask=None):
     """Attention on raw arrays: q (..., Tq, hs), k and v (..., Tk, hs) -> (probabilities, output)."""
     xp = backend.get_array_module(q)
     att = xp.matmul(q, xp.swapaxes(k, -1, -2))  # (..., Tq, hs) @ (..., hs, Tk) -> (..., Tq, Tk)
-    _softmax_scores_(att, 1.0 / math.sqrt(q.shape[-1]), causal)
+    _softmax_scores_(att, 1.0 / math.sqrt(q.shape[-1]), causal, mask)
     return att, xp.matmul(att, v, out=out)  # (..., Tq, Tk) @ (..., Tk, hs) -> (..., Tq, hs)
 
 
@@ -339,10 +429,10 @@ def _attend_backward(gy, q, k, v, att, needs_grad=(True, True, True), out=(None,
 
 
 class Attention(Function):
-    """softmax(q k^T / sqrt(hs) + causal mask) v in one Function."""
+    """softmax(q k^T / sqrt(hs) + mask) v in one Function (the mask: causal, given, or none)."""
 
-    def forward(self, q, k, v, is_causal=True):
-        self.att, y = _attend(q, k, v, is_causal)
+    def forward(self, q, k, v, is_causal=False, mask=None):
+        self.att, y = _attend(q, k, v, is_causal, mask=mask)
         self.q, self.k, self.v = q, k, v
         return y
 
@@ -401,23 +491,44 @@ def causal_self_attention(qkv: Tensor, n_head: int) -> Tensor:
     return SelfAttention.apply(qkv, n_head=n_head)
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True) -> Tensor:
-    """Scaled dot-product attention, with a causal mask by default.
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_causal: bool = False) -> Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v, with PyTorch's arguments and defaults (no mask unless asked).
 
-    With a key/value cache (Tk > Tq) the mask is aligned bottom-right: query i sits at position
-    Tk - Tq + i and sees keys 0..Tk - Tq + i.
+    `attn_mask` is boolean (True: may attend, as torch) or float (added to the scores); it is a
+    constant, no gradient flows into it. `is_causal=True` lets each query see itself and earlier
+    keys. With a key/value cache (Tk > Tq) that mask is aligned bottom-right: query i sits at
+    position Tk - Tq + i and sees keys 0..Tk - Tq + i (torch aligns it top-left there).
 
     Args:
         q: (B, nh, Tq, hs); k, v: (B, nh, Tk, hs) with Tk >= Tq when causal.
+        attn_mask: None, or boolean/float broadcasting to (B, nh, Tq, Tk); not with is_causal.
     Returns:
         (B, nh, Tq, hs)
     """
+    q, k, v = _tensors("scaled_dot_product_attention", q, k, v)
     if q.ndim < 2 or k.shape != v.shape or q.shape[:-2] != k.shape[:-2] or q.shape[-1] != k.shape[-1]:
         raise ValueError(f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit "
                          "(B, nh, Tq, hs), (B, nh, Tk, hs), (B, nh, Tk, hs)")
     if is_causal and k.shape[-2] < q.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tk >= Tq, got q {q.shape}, k {k.shape}")
-    return Attention.apply(q, k, v, is_causal=is_causal)
+    mask = None if attn_mask is None else _attention_mask(attn_mask, q, k, is_causal)
+    return Attention.apply(q, k, v, is_causal=is_causal, mask=mask)
+
+
+def _attention_mask(attn_mask, q: Tensor, k: Tensor, is_causal: bool):
+    """attn_mask as a raw boolean array or an array of q's float dtype, checked against the scores' shape."""
+    if is_causal:
+        raise ValueError("scaled_dot_product_attention: give attn_mask or is_causal=True, not both (as torch)")
+    mask = backend.asarray(_raw(attn_mask), device=q.device)
+    scores = (*q.shape[:-1], k.shape[-2])
+    if not shapes.broadcasts_to(tuple(mask.shape), scores):
+        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {tuple(mask.shape)} does not broadcast "
+                         f"to the scores' shape {scores}")
+    if mask.dtype == bool:
+        return mask
+    if not backend.is_float(mask.dtype):
+        raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean or float, got dtype {mask.dtype}")
+    return mask.astype(q.dtype, copy=False)
 
 
 # ---------------------------------------------------------------- the modern recipe's ops (defined in nn/modern.py)

@@ -1,12 +1,17 @@
 """Module: the base class of layers and models, which finds its parameters by walking its attributes.
 
-Any attribute that is a Parameter (a Tensor with requires_grad=True), a Module, or a list of Modules
-(a `ModuleList`, or a plain list/tuple) is registered automatically, as in micrograd's `nn.py` and
-DeZero's `Layer`: there is no `register_parameter`. Names are dotted paths with list items
-numbered (`h.0.attn.c_attn.weight`), the names GPT-2's checkpoints use.
+Any attribute that is a Parameter (a leaf Tensor with requires_grad=True), a Module, or a list,
+tuple or dict holding them (a `ModuleList`, or plain containers, nested too) is registered
+automatically, as in micrograd's `nn.py` and DeZero's `Layer`: there is no `register_parameter`.
+Names are dotted paths with list items numbered and dict entries keyed (`h.0.attn.c_attn.weight`,
+`heads.a.weight`), the names GPT-2's checkpoints use. A set cannot name its items: a set holding
+parameters or modules is an error.
 
-Tensors that do not require grad (a sinusoidal position table) are buffers: `to()` moves and casts
-them with the parameters, but they are not parameters and not in `state_dict()`.
+A parameter frozen with `requires_grad_(False)` stays a parameter (in `parameters()` and
+`state_dict()`, so a checkpoint of a partly frozen model loads into a fresh one); optimizers skip
+it because it gets no gradient. Other tensors that do not require grad (a sinusoidal position
+table) are buffers: `to()` moves and casts them with the parameters, but they are not parameters
+and not in `state_dict()`.
 """
 
 from __future__ import annotations
@@ -36,13 +41,28 @@ class Module:
     def _children(self) -> Iterator[tuple[str, object]]:
         """(name, Parameter | Module) for this module's own attributes, in definition order."""
         for name, value in vars(self).items():
-            if isinstance(value, Tensor):
-                if value.requires_grad and value._ctx is None:  # a leaf, not an intermediate result
-                    yield name, value
-            elif isinstance(value, Module):
+            yield from self._members(name, value)
+
+    def _members(self, name: str, value) -> Iterator[tuple[str, object]]:
+        """(dotted name, Parameter | Module) for one attribute: itself, or its items when it is a container."""
+        if isinstance(value, Tensor):
+            if _is_parameter(value):
                 yield name, value
-            elif isinstance(value, (list, tuple)) and value and all(isinstance(m, Module) for m in value):
-                yield from ((f"{name}.{i}", m) for i, m in enumerate(value))  # a plain list: items numbered
+        elif isinstance(value, Module):
+            yield name, value
+        elif isinstance(value, (list, tuple)):  # items numbered
+            for i, item in enumerate(value):
+                yield from self._members(f"{name}.{i}", item)
+        elif isinstance(value, dict):  # entries keyed
+            for key, item in value.items():
+                found = list(self._members(f"{name}.{key}", item))
+                if found and not (isinstance(key, (str, int)) and "." not in str(key)):
+                    raise TypeError(f"{type(self).__name__}.{name}: key {key!r} holds parameters or modules, so it "
+                                    "names them in state_dict(); use a str without '.' or an int")
+                yield from found
+        elif isinstance(value, (set, frozenset)) and any(isinstance(v, (Tensor, Module)) for v in value):
+            raise TypeError(f"{type(self).__name__}.{name} is a set holding tensors or modules: a set has no order, "
+                            "so they cannot be named in state_dict(); use a list or a dict")
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """(dotted name, module) for this module ('' is itself) and every submodule, depth first."""
@@ -77,7 +97,7 @@ class Module:
         """(owner, attribute name, tensor) for tensors that do not require grad (moved by `to`)."""
         for module in self.modules():
             for name, value in vars(module).items():
-                if isinstance(value, Tensor) and not value.requires_grad:
+                if isinstance(value, Tensor) and not value.requires_grad and not _is_parameter(value):
                     yield module, name, value
 
     def num_parameters(self) -> int:
@@ -235,6 +255,11 @@ class Sequential(ModuleList):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _is_parameter(t: Tensor) -> bool:
+    """A leaf that requires grad, or did until `requires_grad_(False)` froze it (not an intermediate result)."""
+    return t._ctx is None and (t.requires_grad or getattr(t, "_frozen", False))
 
 
 def _names(names: list, limit: int = 5) -> str:
