@@ -299,7 +299,7 @@ def train(run: Run) -> int:
     run.started = time.perf_counter()
     progress = Progress(config.max_iters, run.iter_num, device)
     with StopRequest() as stop:
-        if run.iter_num == 0 and not evaluate(run, metrics, progress):
+        if run.iter_num == 0 and resumed_at is None and not evaluate(run, metrics, progress):  # resumed: saved at 0
             return diverged(run, progress, "the initial loss is not finite")
         run.model.train()
         speed = Throughput(tokens_per_iter=config.batch_size * config.model.block_size)

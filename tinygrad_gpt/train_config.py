@@ -200,6 +200,7 @@ def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfi
         return build_config(TrainConfig, values).resolved()
     try:
         saved = GPTConfig(**ckpt.meta["model_config"]).architecture()
+        del saved["vocab_size"]  # the vocabulary follows the checkpoint's tokenizer (keep_tokenizer)
         saved_settings = ckpt.meta["train_config"] if values["init_from"] == "resume" else {}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
