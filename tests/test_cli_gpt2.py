@@ -144,6 +144,21 @@ def test_bpe_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path):
     ).read_bytes()
 
 
+def test_fine_tuning_a_bpe_run_keeps_its_tokenizer_on_text_with_new_characters(bpe_run, tmp_path, capsys):
+    new_text = "Ωmega and ψ: letters the tokenizer never merged, encoded as bytes. " * 40
+    (tmp_path / "new.txt").write_text(new_text, encoding="utf-8")
+    argv = ["--init_from", str(bpe_run / "out"), "--data", str(tmp_path / "new.txt"), "--out_dir", str(tmp_path / "ft"),
+            "--max_iters", "3", *TINY.split()]  # fmt: skip
+    assert train.main(argv) == 0
+    assert "new characters" not in capsys.readouterr().out  # a byte-level BPE encodes any text
+    for name in ("vocab.json", "merges.txt"):
+        new, old = tmp_path / "ft" / "ckpt_latest" / name, bpe_run / "out" / "ckpt_latest" / name
+        assert new.read_bytes() == old.read_bytes()
+    tok = load_tokenizer(tmp_path / "ft")
+    tokens = np.fromfile(tmp_path / "ft" / "val.bin", dtype=np.uint16).tolist()
+    assert tok.decode(tokens) == val_text(new_text)
+
+
 def test_a_char_run_records_its_tokenizer_and_vocabulary(tmp_path):
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
     args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 0 {TINY}"

@@ -63,7 +63,7 @@ class TrainConfig:
     eval_only: bool = option(False, "only estimate the loss of the initial model (e.g. with --init_from resume)")
     overwrite: bool = option(False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir")
     plot: bool = option(True, "draw out_dir/loss.png at the end (needs matplotlib)")
-    max_new_tokens: int = option(500, "characters of the sample printed at the end (0: none)")
+    max_new_tokens: int = option(500, "tokens of the sample printed at the end (characters of a char model; 0: none)")
     # data
     batch_size: int = option(12, "sequences per batch")
     # model: one flag per GPTConfig field (--block_size, --n_layer, ..., --dropout, --tie_weights)
