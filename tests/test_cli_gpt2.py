@@ -171,8 +171,9 @@ def test_a_char_run_records_its_tokenizer_and_vocabulary(tmp_path):
 # ---------------------------------------------------------------- sample
 
 
-def test_sample_from_a_bpe_run_by_out_dir_and_by_init_from(bpe_run):
-    args = "--prompt Hello --max_new_tokens 12 --seed 1 --temperature 1"
+@pytest.mark.parametrize("which", ["best", "latest"])
+def test_sample_from_a_bpe_run_by_out_dir_and_by_init_from(bpe_run, which):
+    args = f"--prompt Hello --max_new_tokens 12 --seed 1 --temperature 1 --checkpoint {which}"
     by_out_dir = run("sample", f"--out_dir out {args}", bpe_run)
     by_init_from = run("sample", f"--init_from out {args}", bpe_run)
     assert by_out_dir.returncode == 0 and by_init_from.returncode == 0, by_out_dir.stderr + by_init_from.stderr

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from tinygrad_gpt import backend
-from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
+from tinygrad_gpt.checkpoint import find_checkpoint, has_checkpoint, load_checkpoint
 from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
 from tinygrad_gpt.data import CharTokenizer, Tokenizer, format_chars
 from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
-from tinygrad_gpt.pretrained import check_vocab, checkpoint_tokenizer, load_pretrained, load_tokenizer
+from tinygrad_gpt.pretrained import HF_CONFIG, check_vocab, checkpoint_tokenizer, load_pretrained, load_tokenizer
 from tinygrad_gpt.tokenizers import EOT, BPETokenizer
 
 PROG = "python -m tinygrad_gpt.sample"
@@ -35,7 +35,7 @@ class SampleConfig:
     out_dir: str = option("out", "a training run's out_dir, or a checkpoint directory")
     init_from: str = option("", "a Hugging Face GPT-2 directory (config.json, model.safetensors, vocab.json, "
                             "merges.txt) or a checkpoint directory / out_dir; instead of --out_dir")
-    checkpoint: str = option("best", "which checkpoint of out_dir to load", choices=("best", "latest"))
+    checkpoint: str = option("best", "which checkpoint of an out_dir to load", choices=("best", "latest"))
     prompt: str = option("", "text to continue, or FILE:path to read it from a file ('': <|endoftext|> for "
                          "a BPE model; a newline, or a character the model knows, for a character model)")
     num_samples: int = option(1, "number of samples per prompt")
@@ -100,11 +100,15 @@ def load_model(out_dir: str, which: str) -> tuple[GPT, Tokenizer, Path]:
     return model, tokenizer, ckpt.path
 
 
-def load_any(init_from: str) -> tuple[GPT, Tokenizer, Path]:
-    """The model (eval mode) and tokenizer of a Hugging Face GPT-2 directory or a checkpoint directory / out_dir."""
-    model, tokenizer = load_pretrained(init_from), load_tokenizer(init_from)
-    check_vocab(tokenizer, model.config, init_from)
-    return model, tokenizer, Path(init_from)
+def load_any(init_from: str, which: str) -> tuple[GPT, Tokenizer, Path]:
+    """The model (eval mode) and tokenizer of a Hugging Face GPT-2 directory, a checkpoint directory, or an
+    out_dir (its ckpt_<which>)."""
+    path = Path(init_from)
+    if not (path / HF_CONFIG).is_file() and has_checkpoint(path):
+        return load_model(init_from, which)
+    model, tokenizer = load_pretrained(path), load_tokenizer(path)
+    check_vocab(tokenizer, model.config, path)
+    return model, tokenizer, path
 
 
 def read_prompt(prompt: str) -> str:
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
         if config.init_from and "out_dir" in given:
             raise UsageError(f"--init_from {config.init_from} and --out_dir {config.out_dir} name two models; give one")
         if config.init_from:
-            model, tokenizer, path = load_any(config.init_from)
+            model, tokenizer, path = load_any(config.init_from, config.checkpoint)
         else:
             model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
         if not config.interactive:
