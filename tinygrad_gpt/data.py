@@ -353,6 +353,11 @@ def text_bytes(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
     return int(sum(lengths[tokens[i : i + _CHUNK]].sum() for i in range(0, len(tokens), _CHUNK)))
 
 
+def encode_ids(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """The ids of `text` as a host int64 array (T,), whichever the tokenizer."""
+    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+
+
 def tokenizer_kind(tokenizer: Tokenizer) -> str:
     """'bpe' or 'char': what a checkpoint's meta.json records."""
     return "bpe" if isinstance(tokenizer, BPETokenizer) else "char"

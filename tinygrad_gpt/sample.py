@@ -14,12 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from tinygrad_gpt import backend
 from tinygrad_gpt.checkpoint import find_checkpoint, has_checkpoint, load_checkpoint
 from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
-from tinygrad_gpt.data import CharTokenizer, Tokenizer, format_chars
+from tinygrad_gpt.data import CharTokenizer, Tokenizer, encode_ids, format_chars
 from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
 from tinygrad_gpt.pretrained import HF_CONFIG, check_vocab, checkpoint_tokenizer, load_pretrained, load_tokenizer
 from tinygrad_gpt.tokenizers import EOT, BPETokenizer
@@ -66,7 +64,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str):
     unknown = tokenizer.unknown_chars(prompt) if isinstance(tokenizer, CharTokenizer) else []
     if unknown:
         raise UsageError(f"the prompt has characters not in the model's vocabulary: {format_chars(unknown)}")
-    return np.asarray(tokenizer.encode(prompt or default_prompt(tokenizer)), dtype=np.int64)
+    return encode_ids(tokenizer, prompt or default_prompt(tokenizer))
 
 
 def sample_texts(
