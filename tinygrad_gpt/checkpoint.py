@@ -5,6 +5,7 @@ A checkpoint is a directory:
     ckpt_latest/model.safetensors   the model's weights (GPT-2's tensor names)
     ckpt_latest/optim.safetensors   the optimizer's moments; its step counts and groups in the metadata
     ckpt_latest/meta.json           config, tokenizer, iteration, losses and random-number states
+    ckpt_latest/vocab.json, merges.txt   the tokenizer of a BPE run (GPT-2's files)
 
 Saving writes a new directory `.ckpt_latest.tmp` next to the old one, fsyncs every file and the
 directory, then swaps it in with renames: the old directory becomes `.ckpt_latest.old`, the new one
@@ -41,6 +42,7 @@ class Checkpoint:
     model_state: dict  # name -> numpy array
     optim_state: dict | None  # the optimizer's state_dict(), or None when the file is absent
     meta: dict  # everything else (config, vocab, iteration, RNG states)
+    tokenizer: object = None  # its tokenizer, once loaded (train_config.load_init_checkpoint)
 
 
 # ---------------------------------------------------------------- atomic files
@@ -149,7 +151,9 @@ def _recover(ckpt_dir: Path) -> None:
         _rename(old, ckpt_dir)
 
 
-def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta: dict) -> Path:
+def save_checkpoint(
+    ckpt_dir, model_state: dict, optim_state: dict | None, meta: dict, files: dict | None = None
+) -> Path:
     """Write a checkpoint directory atomically (see the module docstring).
 
     Args:
@@ -157,6 +161,7 @@ def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta:
         model_state: name -> array (the model's state_dict()).
         optim_state: the optimizer's state_dict() (nested; arrays become tensors), or None.
         meta: JSON-friendly dict.
+        files: more files to write into the directory, name -> bytes (a BPE's vocab.json and merges.txt).
     Returns:
         ckpt_dir as a Path.
     """
@@ -172,6 +177,8 @@ def save_checkpoint(ckpt_dir, model_state: dict, optim_state: dict | None, meta:
         tensors, skeleton = flatten_state(optim_state)
         optim_bytes = safetensors.serialize(tensors, metadata={"state": json.dumps(skeleton)})
         _write_synced(tmp / "optim.safetensors", optim_bytes)
+    for name, data in (files or {}).items():
+        _write_synced(tmp / name, data)
     meta = {"format": FORMAT, "version": VERSION, **meta}
     _write_synced(tmp / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
     fsync_dir(tmp)

@@ -5,9 +5,11 @@
 - `load_corpus("shakespeare")` downloads Tiny Shakespeare once into a cache directory and checks its sha256.
 - `load_corpus(path)` reads a UTF-8 text file, or every .txt file in a directory (sorted by name).
 
-`prepare_tokens` streams the text twice (vocabulary, then encoding) into `train.bin` and `val.bin`,
-uint16 (uint32 for vocabularies over 65,536 characters), read back as memory maps so that large
-corpora need not fit in RAM. This is a host-only module: it reads and writes files with NumPy.
+`build_dataset` settles the tokenizer (the text's characters, a byte-level BPE trained on the training
+split with `bpe_vocab_size`, or a checkpoint's) and `prepare_tokens` streams the text into `train.bin`
+(the first 90% of its characters) and `val.bin` (the last 10%, the same text whatever the tokenizer),
+uint16 (uint32 for vocabularies over 65,536 tokens), read back as memory maps so that large corpora
+need not fit in RAM. This is a host-only module: it reads and writes files with NumPy.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from tinygrad_gpt.tokenizers import BPETokenizer
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -233,6 +237,9 @@ class CharTokenizer:
         return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le", "surrogatepass")
 
 
+Tokenizer = CharTokenizer | BPETokenizer  # what a run's text is encoded with
+
+
 def format_chars(chars, limit: int = 20) -> str:
     """A readable list of characters for error messages: 'é', '\\t', ... (at most `limit`)."""
     shown = ", ".join(repr(c) for c in list(chars)[:limit])
@@ -251,40 +258,71 @@ def scan_corpus(corpus: Corpus) -> tuple[int, set]:
     return n, chars
 
 
-def prepare_tokens(corpus: Corpus, out_dir, tokenizer: CharTokenizer, n_chars: int, min_split: int) -> dict:
-    """Encode `corpus` into out_dir/train.bin (first 90%) and out_dir/val.bin (last 10%).
+def split_chunks(corpus: Corpus, start: int, stop: int) -> Iterator[str]:
+    """The corpus's characters [start, stop), in chunks (one streaming pass)."""
+    pos = 0
+    for chunk in corpus.chunks():
+        lo, hi = max(start - pos, 0), min(stop - pos, len(chunk))
+        if lo < hi:
+            yield chunk[lo:hi]
+        pos += len(chunk)
+        if pos >= stop:
+            return
+
+
+def encode_stream(tokenizer: Tokenizer, chunks: Iterable[str]) -> Iterator[np.ndarray]:
+    """Token ids (arrays of `tokenizer.dtype`) of a text given in chunks, as if it were encoded whole.
+
+    A BPE merges across the chunks' boundaries (`BPETokenizer.encode_chunks`); characters never do.
+    """
+    if isinstance(tokenizer, BPETokenizer):
+        for ids in tokenizer.encode_chunks(chunks):
+            yield np.asarray(ids, dtype=tokenizer.dtype)
+    else:
+        for chunk in chunks:
+            yield tokenizer.encode(chunk).astype(tokenizer.dtype)
+
+
+def _too_short(corpus: Corpus, n: int, block_size: int, unit: str) -> DataError:
+    need = int(np.ceil((block_size + 1) / VAL_FRACTION))
+    return DataError(
+        f"{corpus.name} has {n} {unit}, too short for block_size {block_size}: the 10% validation split needs "
+        f"at least {block_size + 1} (a text of {need}+ {unit}), or use a smaller --block_size"
+    )
+
+
+def prepare_tokens(corpus: Corpus, out_dir, tokenizer: Tokenizer, n_chars: int, min_split: int) -> dict:
+    """Encode `corpus` into out_dir/train.bin (its first 90% of characters) and out_dir/val.bin (the last 10%).
+
+    The validation text is the same characters whatever the tokenizer, so bits per byte compare.
 
     Args:
         corpus: the text.
-        tokenizer: a vocabulary that covers every character of the corpus.
+        tokenizer: a CharTokenizer covering every character of the corpus, or a BPETokenizer.
         n_chars: the corpus length (from `scan_corpus`).
         min_split: the fewest tokens each split needs (block_size + 1).
     Returns:
         {"train": memmap, "val": memmap} of dtype `tokenizer.dtype`.
     Raises:
-        DataError: when a split would be shorter than `min_split`.
+        DataError: when a split would be shorter than `min_split` (nothing is written then).
     """
     n_val = int(n_chars * VAL_FRACTION)
     n_train = n_chars - n_val
-    if n_val < min_split:
-        need = int(np.ceil(min_split / VAL_FRACTION))
-        raise DataError(
-            f"{corpus.name} has {n_chars} characters, too short for block_size {min_split - 1}: the 10% validation "
-            f"split needs at least {min_split} (a text of {need}+ characters), or use a smaller --block_size"
-        )
+    if n_val < min_split:  # a character is at least one token
+        raise _too_short(corpus, n_chars, min_split - 1, "characters")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"train": out_dir / "train.bin", "val": out_dir / "val.bin"}
     tmps = {k: p.with_name(f".{p.name}.{os.getpid()}.tmp") for k, p in paths.items()}  # ranks may write at once
-    written = 0
+    ranges = {"train": (0, n_train), "val": (n_train, n_chars)}
     try:
-        with open(tmps["train"], "wb") as f_train, open(tmps["val"], "wb") as f_val:
-            for chunk in corpus.chunks():
-                ids = tokenizer.encode(chunk).astype(tokenizer.dtype)
-                cut = max(0, min(len(ids), n_train - written))
-                f_train.write(ids[:cut].tobytes())
-                f_val.write(ids[cut:].tobytes())
-                written += len(ids)
+        for split, (start, stop) in ranges.items():
+            with open(tmps[split], "wb") as f:
+                for ids in encode_stream(tokenizer, split_chunks(corpus, start, stop)):
+                    f.write(ids.tobytes())
+        n_val_tokens = tmps["val"].stat().st_size // np.dtype(tokenizer.dtype).itemsize
+        if n_val_tokens < min_split:  # a BPE packs several characters into a token
+            raise _too_short(corpus, n_chars, min_split - 1, f"characters ({n_val_tokens} BPE tokens of validation)")
         for k in paths:
             os.replace(tmps[k], paths[k])
     finally:
@@ -293,17 +331,52 @@ def prepare_tokens(corpus: Corpus, out_dir, tokenizer: CharTokenizer, n_chars: i
     return {k: np.memmap(p, dtype=tokenizer.dtype, mode="r") for k, p in paths.items()}
 
 
+def train_bpe(corpus: Corpus, n_chars: int, vocab_size: int) -> BPETokenizer:
+    """A BPETokenizer of `vocab_size` tokens learned from the corpus's training split (its first 90% of characters).
+
+    The text runs out of pairs to merge before a large vocabulary is full: the tokenizer is smaller then.
+    """
+    n_train = n_chars - int(n_chars * VAL_FRACTION)
+    return BPETokenizer.train("".join(split_chunks(corpus, 0, n_train)), vocab_size)
+
+
+def text_bytes(tokenizer: Tokenizer, tokens: np.ndarray) -> int:
+    """The UTF-8 bytes of the text that `tokens` stand for (len(decode_bytes(tokens)) for a BPE), without decoding.
+
+    Streams through the tokens, so a memory-mapped split of any length stays out of memory.
+    """
+    if isinstance(tokenizer, BPETokenizer):
+        lengths = [len(b) for b in tokenizer.token_bytes]
+    else:
+        lengths = [len(c.encode("utf-8", "surrogatepass")) for c in tokenizer.chars]
+    lengths = np.array(lengths, dtype=np.int64)
+    return int(sum(lengths[tokens[i : i + _CHUNK]].sum() for i in range(0, len(tokens), _CHUNK)))
+
+
+def encode_ids(tokenizer: Tokenizer, text: str) -> np.ndarray:
+    """The ids of `text` as a host int64 array (T,), whichever the tokenizer."""
+    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+
+
+def tokenizer_kind(tokenizer: Tokenizer) -> str:
+    """'bpe' or 'char': what a checkpoint's meta.json records."""
+    return "bpe" if isinstance(tokenizer, BPETokenizer) else "char"
+
+
 def build_dataset(
-    corpus: Corpus, out_dir, block_size: int, tokenizer: CharTokenizer | None = None, allow_new_chars: bool = False
-) -> tuple[CharTokenizer, dict]:
-    """Check a corpus, settle its vocabulary and write its token files.
+    corpus: Corpus, out_dir, block_size: int, tokenizer: Tokenizer | None = None, allow_new_chars: bool = False,
+    bpe_vocab_size: int | None = None,
+) -> tuple[Tokenizer, dict]:  # fmt: skip
+    """Check a corpus, settle its tokenizer and write its token files.
 
     Args:
         corpus: the text.
         out_dir: where train.bin and val.bin go.
         block_size: the context length; each split needs block_size + 1 tokens.
-        tokenizer: an existing vocabulary (a checkpoint's), or None to build one from the text.
-        allow_new_chars: with a tokenizer, append characters it lacks (fine-tuning) instead of failing.
+        tokenizer: an existing tokenizer (a checkpoint's), or None to make one from the text.
+        allow_new_chars: with a CharTokenizer, append characters it lacks (fine-tuning) instead of failing.
+        bpe_vocab_size: without a tokenizer, train a BPE of this many tokens on the training split
+            instead of taking the text's characters.
     Returns:
         (tokenizer, {"train": memmap, "val": memmap}).
     Raises:
@@ -312,9 +385,13 @@ def build_dataset(
     n_chars, chars = scan_corpus(corpus)
     if n_chars == 0:
         raise DataError(f"{corpus.name} is empty")
-    if tokenizer is None:
+    if tokenizer is None and bpe_vocab_size is not None:
+        if int(n_chars * VAL_FRACTION) < block_size + 1:  # before the (slower) training
+            raise _too_short(corpus, n_chars, block_size, "characters")
+        tokenizer = train_bpe(corpus, n_chars, bpe_vocab_size)
+    elif tokenizer is None:
         tokenizer = CharTokenizer(sorted(chars))
-    elif unknown := sorted(chars - set(tokenizer.chars)):
+    elif isinstance(tokenizer, CharTokenizer) and (unknown := sorted(chars - set(tokenizer.chars))):
         if not allow_new_chars:
             raise DataError(f"{corpus.name} has characters not in the checkpoint's vocabulary: {format_chars(unknown)}")
         tokenizer = tokenizer.extended(chars)

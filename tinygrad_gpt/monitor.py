@@ -128,7 +128,7 @@ def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:
         ax.plot(its, train_losses, "o-", label="train loss (estimated)")
         ax.plot(its, val_losses, "o-", label="val loss (estimated)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.set_ylabel("cross-entropy (nats per token)")
     ax.legend()
     ax.grid(alpha=0.3)
     buffer = io.BytesIO()

@@ -11,7 +11,9 @@ Two kinds of directory load with `GPT.from_pretrained(path)` (= `load_pretrained
 
 `model.save_pretrained(path, tokenizer)` (= `save_pretrained`) writes the first kind, which
 `transformers.GPT2LMHeadModel.from_pretrained(path)` loads with the same logits. `load_tokenizer(path)`
-returns the tokenizer of either kind of directory.
+returns the tokenizer of either kind of directory. For the command line, `hf_checkpoint(path)` gives a
+Hugging Face directory as the `Checkpoint` that `train --init_from` fine-tunes, and
+`checkpoint_tokenizer(ckpt)` the tokenizer a checkpoint's meta.json names.
 
 Loading reads each tensor straight from the file into its parameter (no random init, no second copy
 of the weights), so peak memory stays close to the weights' own bytes.
@@ -20,6 +22,7 @@ of the weights), so peak memory stays close to the weights' own bytes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import struct
@@ -28,8 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from tinygrad_gpt import backend, safetensors
-from tinygrad_gpt.checkpoint import CHECKPOINT_NAMES, FORMAT, find_checkpoint, is_checkpoint
-from tinygrad_gpt.data import CharTokenizer
+from tinygrad_gpt.checkpoint import (
+    CHECKPOINT_NAMES,
+    FORMAT,
+    Checkpoint,
+    CheckpointError,
+    find_checkpoint,
+    is_checkpoint,
+)
+from tinygrad_gpt.data import CharTokenizer, Tokenizer, tokenizer_kind
 from tinygrad_gpt.model import GPT, GPTConfig
 from tinygrad_gpt.tokenizers import BPETokenizer
 
@@ -430,3 +440,46 @@ def load_tokenizer(path) -> BPETokenizer | CharTokenizer:
             raise ValueError(f"{place / META} has no 'vocab', and neither {place} nor {path} holds vocab.json + "
                              "merges.txt")
     raise ValueError(f"{path} has no tokenizer files (vocab.json + merges.txt, {CHARS}, or a checkpoint's {META})")
+
+
+def checkpoint_tokenizer(ckpt: Checkpoint) -> Tokenizer:
+    """The tokenizer a checkpoint of `tinygrad_gpt.train` was trained with, as its meta.json names it.
+
+    "tokenizer": "bpe" reads vocab.json + merges.txt from the checkpoint directory; "char" (or no
+    "tokenizer" key: checkpoints written before BPE existed) is the character list in "vocab".
+
+    Raises:
+        ValueError (CheckpointError) naming the file and key that is missing or wrong.
+    """
+    kind = ckpt.meta.get("tokenizer", "char")
+    if kind == "bpe":
+        return BPETokenizer.from_pretrained(ckpt.path)
+    if kind != "char":
+        raise CheckpointError(f"{ckpt.path / META}: unknown tokenizer {kind!r} (expected 'char' or 'bpe')")
+    try:
+        return CharTokenizer(ckpt.meta["vocab"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path / META}: 'vocab' is missing or not a list of characters ({e!r})") from None
+
+
+def check_vocab(tokenizer: Tokenizer, config: GPTConfig, source) -> None:
+    """Raise ValueError naming `source` when the tokenizer has ids the model has no embedding row for."""
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"{source}: the tokenizer has {tokenizer.vocab_size} tokens, but the model's vocab_size "
+                         f"is {config.vocab_size} (the tokenizer files and config.json/meta.json disagree)")
+
+
+def hf_checkpoint(path) -> Checkpoint:
+    """A Hugging Face GPT-2 directory as the Checkpoint to fine-tune: weights (host arrays), model_config, tokenizer.
+
+    Raises:
+        ValueError naming the file and key (see `load_pretrained` and `load_tokenizer`), also when the
+        tokenizer has more tokens than the model's vocab_size.
+    """
+    path = Path(path)
+    model = load_pretrained(path)
+    tokenizer = load_tokenizer(path)
+    check_vocab(tokenizer, model.config, path)
+    state = {name: backend.to_numpy(value) for name, value in model.state_dict().items()}
+    meta = {"model_config": dataclasses.asdict(model.config), "tokenizer": tokenizer_kind(tokenizer)}
+    return Checkpoint(path, state, None, meta, tokenizer)

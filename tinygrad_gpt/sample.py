@@ -1,8 +1,10 @@
 """Generate text from a trained checkpoint: `python -m tinygrad_gpt.sample --out_dir out --prompt "def "`.
 
-Prints each prompt followed by its continuation. `--prompt FILE:path` reads the prompt from a file;
-`--interactive` reads one prompt per line from stdin until an empty line or end of input.
-Generation uses the model's key/value cache, so each new character costs one position's work.
+`--init_from DIR` samples from a Hugging Face GPT-2 directory (GPT-2's own files on disk, or an
+export) or a checkpoint directory instead. Prints each prompt followed by its continuation.
+`--prompt FILE:path` reads the prompt from a file; `--interactive` reads one prompt per line from
+stdin until an empty line or end of input.
+Generation uses the model's key/value cache, so each new token costs one position's work.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
+from tinygrad_gpt import backend
+from tinygrad_gpt.checkpoint import find_checkpoint, has_checkpoint, load_checkpoint
 from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
-from tinygrad_gpt.data import CharTokenizer, format_chars
+from tinygrad_gpt.data import CharTokenizer, Tokenizer, encode_ids, format_chars
 from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
+from tinygrad_gpt.pretrained import HF_CONFIG, check_vocab, checkpoint_tokenizer, load_pretrained, load_tokenizer
+from tinygrad_gpt.tokenizers import EOT, BPETokenizer
 
 PROG = "python -m tinygrad_gpt.sample"
 SEPARATOR = "---------------"
@@ -26,14 +31,16 @@ class SampleConfig:
     """Settings of `python -m tinygrad_gpt.sample`; each field is a flag."""
 
     out_dir: str = option("out", "a training run's out_dir, or a checkpoint directory")
-    checkpoint: str = option("best", "which checkpoint of out_dir to load", choices=("best", "latest"))
-    prompt: str = option("", "text to continue, or FILE:path to read it from a file ('': a newline, or a "
-                         "character the model knows)")
+    init_from: str = option("", "a Hugging Face GPT-2 directory (config.json, model.safetensors, vocab.json, "
+                            "merges.txt) or a checkpoint directory / out_dir; instead of --out_dir")
+    checkpoint: str = option("best", "which checkpoint of an out_dir to load", choices=("best", "latest"))
+    prompt: str = option("", "text to continue, or FILE:path to read it from a file ('': <|endoftext|> for "
+                         "a BPE model; a newline, or a character the model knows, for a character model)")
     num_samples: int = option(1, "number of samples per prompt")
-    max_new_tokens: int = option(500, "characters generated per sample")
+    max_new_tokens: int = option(500, "tokens generated per sample (characters for a character model)")
     temperature: float = option(0.8, "1.0 samples as trained, lower is more conservative, 0 is greedy")
-    top_k: int | None = option(200, "sample among the k most likely characters only (0 or none: all)")
-    top_p: float = option(1.0, "sample among the most likely characters holding this probability mass (1.0: all)")
+    top_k: int | None = option(200, "sample among the k most likely tokens only (0 or none: all)")
+    top_p: float = option(1.0, "sample among the most likely tokens holding this probability mass (1.0: all)")
     seed: int | None = option(1337, "random seed (none: a different sample each time)")
     interactive: bool = option(False, "read prompts from stdin, one per line; an empty line or EOF quits")
 
@@ -43,47 +50,62 @@ class SampleConfig:
         check_sampling(self.temperature, self.top_k, self.top_p, self.max_new_tokens, label="--{}")
 
 
-def default_prompt(tokenizer: CharTokenizer) -> str:
-    """A newline when the vocabulary has one (the start of a line), else its first character."""
+def default_prompt(tokenizer: Tokenizer) -> str:
+    """<|endoftext|> for a BPE (GPT-2 starts a document after it); for characters a newline when the
+    vocabulary has one (the start of a line), else its first character."""
+    if isinstance(tokenizer, BPETokenizer):
+        return EOT
     return "\n" if "\n" in tokenizer.chars else tokenizer.chars[0]
 
 
-def encode_prompt(tokenizer: CharTokenizer, prompt: str):
-    """The prompt's ids (T,), or a UsageError naming the characters the model never saw."""
-    unknown = tokenizer.unknown_chars(prompt)
+def encode_prompt(tokenizer: Tokenizer, prompt: str):
+    """The prompt's ids (T,), or a UsageError naming the characters a character model never saw."""
+    unknown = tokenizer.unknown_chars(prompt) if isinstance(tokenizer, CharTokenizer) else []
     if unknown:
         raise UsageError(f"the prompt has characters not in the model's vocabulary: {format_chars(unknown)}")
-    return tokenizer.encode(prompt or default_prompt(tokenizer))
+    return encode_ids(tokenizer, prompt or default_prompt(tokenizer))
 
 
 def sample_texts(
-    model: GPT, tokenizer: CharTokenizer, prompt: str, num_samples: int, max_new_tokens: int,
+    model: GPT, tokenizer: Tokenizer, prompt: str, num_samples: int, max_new_tokens: int,
     temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int | None = None,
 ) -> list[str]:  # fmt: skip
     """Continue `prompt` num_samples times, in one batch (sampling arguments as GPT.generate's).
 
     Returns:
-        num_samples strings, each the prompt followed by max_new_tokens generated characters.
+        num_samples strings, each the prompt followed by the text of max_new_tokens generated tokens
+        (an empty prompt stands for `default_prompt`, which is not repeated).
     """
     ids = encode_prompt(tokenizer, prompt)
     idx = ids[None, :].repeat(num_samples, axis=0)  # (num_samples, T)
     out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    start = len(ids) - len(prompt)  # 1 when an empty prompt was replaced by default_prompt, else 0
-    return [tokenizer.decode(row)[start:] for row in out]
+    return [prompt + tokenizer.decode(backend.to_numpy(row)[len(ids) :]) for row in out]
 
 
-def load_model(out_dir: str, which: str) -> tuple[GPT, CharTokenizer, Path]:
+def load_model(out_dir: str, which: str) -> tuple[GPT, Tokenizer, Path]:
     """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode."""
     other = "latest" if which == "best" else "best"
     ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}")), with_optimizer=False)
+    tokenizer = checkpoint_tokenizer(ckpt)
     try:
-        tokenizer = CharTokenizer(ckpt.meta["vocab"])
         model = GPT(GPTConfig(**ckpt.meta["model_config"]))
     except (KeyError, TypeError) as e:
         raise UsageError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    check_vocab(tokenizer, model.config, ckpt.path / "meta.json")
     model.load_state_dict(ckpt.model_state)
     model.eval()
     return model, tokenizer, ckpt.path
+
+
+def load_any(init_from: str, which: str) -> tuple[GPT, Tokenizer, Path]:
+    """The model (eval mode) and tokenizer of a Hugging Face GPT-2 directory, a checkpoint directory, or an
+    out_dir (its ckpt_<which>)."""
+    path = Path(init_from)
+    if not (path / HF_CONFIG).is_file() and has_checkpoint(path):
+        return load_model(init_from, which)
+    model, tokenizer = load_pretrained(path), load_tokenizer(path)
+    check_vocab(tokenizer, model.config, path)
+    return model, tokenizer, path
 
 
 def read_prompt(prompt: str) -> str:
@@ -107,7 +129,7 @@ def print_samples(texts: list[str]) -> None:
         print(SEPARATOR, flush=True)
 
 
-def interactive(config: SampleConfig, model: GPT, tokenizer: CharTokenizer) -> None:
+def interactive(config: SampleConfig, model: GPT, tokenizer: Tokenizer) -> None:
     """Prompt loop on stdin: each line is continued; an empty line or EOF quits."""
     marker = "prompt> " if sys.stdin.isatty() else ""
     while True:
@@ -129,12 +151,17 @@ def interactive(config: SampleConfig, model: GPT, tokenizer: CharTokenizer) -> N
 def main(argv=None) -> int:
     """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input)."""
     try:
-        values, _ = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
+        values, given = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
         config = build_config(SampleConfig, values)
         if config.seed is None:
             config.seed = secrets.randbits(32)  # a fresh sample each run
         prompt = read_prompt(config.prompt)
-        model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
+        if config.init_from and "out_dir" in given:
+            raise UsageError(f"--init_from {config.init_from} and --out_dir {config.out_dir} name two models; give one")
+        if config.init_from:
+            model, tokenizer, path = load_any(config.init_from, config.checkpoint)
+        else:
+            model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
         if not config.interactive:
             encode_prompt(tokenizer, prompt)  # unknown characters are reported before anything else
         print(f"loaded {path} ({model.num_parameters():,} parameters)", file=sys.stderr, flush=True)

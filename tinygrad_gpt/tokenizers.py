@@ -482,9 +482,8 @@ def _read_merges(path: Path, vocab: dict) -> list[tuple[int, int, int]]:
     return merges
 
 
-def write_vocab_merges(tokenizer: BPETokenizer, path: Path) -> None:
-    """Write tokenizer's vocab.json, merges.txt and tokenizer_config.json into directory `path`."""
-    path.mkdir(parents=True, exist_ok=True)
+def tokenizer_files(tokenizer: BPETokenizer) -> dict[str, bytes]:
+    """The contents of tokenizer's vocab.json, merges.txt and tokenizer_config.json, by file name."""
     vocab = {EOT if i == tokenizer.eot_id else token_string(tb): i for i, tb in enumerate(tokenizer.token_bytes)}
     lines = [MERGES_HEADER] + [f"{token_string(tokenizer.token_bytes[a])} {token_string(tokenizer.token_bytes[b])}"
                                for a, b, _ in tokenizer.merges]
@@ -495,5 +494,11 @@ def write_vocab_merges(tokenizer: BPETokenizer, path: Path) -> None:
         "merges.txt": "\n".join(lines) + "\n",
         "tokenizer_config.json": json.dumps(config, indent=1),
     }
-    for name, text in files.items():
-        (path / name).write_text(text, encoding="utf-8")
+    return {name: text.encode("utf-8") for name, text in files.items()}
+
+
+def write_vocab_merges(tokenizer: BPETokenizer, path: Path) -> None:
+    """Write tokenizer's vocab.json, merges.txt and tokenizer_config.json into directory `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name, data in tokenizer_files(tokenizer).items():
+        (path / name).write_bytes(data)

@@ -1,4 +1,4 @@
-"""Train a character-level GPT: `python -m tinygrad_gpt.train [--flag value ...]`.
+"""Train a GPT on characters or a byte-level BPE: `python -m tinygrad_gpt.train [--flag value ...]`.
 
 With no arguments it trains a small GPT on Python's own documentation (`pydoc_data.topics`, part of
 every Python install), so it works offline on a fresh machine. The flags carry nanoGPT's names and
@@ -9,11 +9,16 @@ builds once and passes on. The loop below is nanoGPT's train.py, kept in one rea
     every iteration:     lr schedule, batch, forward, backward, clip, AdamW step (`train_step`)
     every log_interval:  a line in out_dir/metrics.jsonl
 
+Each evaluation also reports `val_bpb`, the validation loss in bits per UTF-8 byte of the validation
+text, which compares across tokenizers (`--tokenizer char` or `bpe`; a BPE run keeps its vocab.json
+and merges.txt in every checkpoint).
+
 float32 and float16 (`--dtype`) differ only in the `Precision` object the step calls (amp.py).
 
 `--init_from resume` continues the run in out_dir exactly (same losses, bit for bit on NumPy): the
 checkpoint holds the weights, the optimizer's moments, and the states of the batch samplers and of
-the library's generator (dropout). `--init_from DIR` fine-tunes the checkpoint in DIR on new text.
+the library's generator (dropout). `--init_from DIR` fine-tunes the checkpoint in DIR, or the
+Hugging Face GPT-2 directory DIR, on new text, with its tokenizer.
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from tinygrad_gpt import backend, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
-from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.data import (
+    BatchSampler,
+    CharTokenizer,
+    Corpus,
+    Tokenizer,
+    build_dataset,
+    load_corpus,
+    text_bytes,
+    tokenizer_kind,
+)
 from tinygrad_gpt.distributed import DistributedError, World, get_world
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
@@ -45,6 +59,7 @@ from tinygrad_gpt.parallel import (
     start_from_rank_0,
 )
 from tinygrad_gpt.sample import default_prompt, sample_texts
+from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_files
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
 
 PROG = "python -m tinygrad_gpt.train"
@@ -53,6 +68,8 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --data shakespeare --out_dir out-shakespeare
   python -m tinygrad_gpt.train --init_from resume               # continue out/ exactly where it stopped
   python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1
+  python -m tinygrad_gpt.train --tokenizer bpe --vocab_size 2048 --out_dir out-bpe   # train a BPE first
+  python -m tinygrad_gpt.train --init_from path/to/gpt2 --data my_text.txt --out_dir out-gpt2 --batch_size 1
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
   TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
   mpiexec -n 2 python -m tinygrad_gpt.train --gradient_accumulation_steps 4   # 2 processes, 2 micro-batches each
@@ -67,11 +84,12 @@ class Run:
     model: GPT
     optimizer: Optimizer  # AdamW, or ZeroAdamW with --zero 1
     precision: Precision  # float32, or float16 with float32 master weights and a loss scale
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer  # CharTokenizer or BPETokenizer
     batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
     corpus_name: str
     world: World  # the ranks (one without mpiexec); only rank 0 writes files and prints
     parallel: DataParallel  # this rank's micro-batches, the gradient averaging and the step's loss
+    val_bytes: int = 0  # UTF-8 bytes of the validation text (for bits per byte)
     iter_num: int = 0
     best_val_loss: float | None = None
     last_saved_iter: int | None = None
@@ -94,6 +112,11 @@ def get_lr(config: TrainConfig, it: int) -> float:
     if not config.decay_lr:
         return config.learning_rate
     return cosine_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters, config.min_lr)
+
+
+def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
+    """A loss in nats per token as bits per UTF-8 byte of a text of n_tokens tokens and n_bytes bytes."""
+    return loss * n_tokens / (math.log(2) * n_bytes)
 
 
 @no_grad()
@@ -149,7 +172,8 @@ def save(run: Run, name: str) -> Path:
     meta = {
         "train_config": flatten_config(run.config),
         "model_config": dataclasses.asdict(run.model.config),
-        "vocab": run.tokenizer.chars,
+        "tokenizer": tokenizer_kind(run.tokenizer),
+        **({"vocab": run.tokenizer.chars} if isinstance(run.tokenizer, CharTokenizer) else {}),
         "iter_num": run.iter_num,
         "best_val_loss": run.best_val_loss,
         "elapsed": run.elapsed(),
@@ -157,10 +181,11 @@ def save(run: Run, name: str) -> Path:
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
         **run.precision.state_dict(),  # float16: the loss scale
     }
+    files = tokenizer_files(run.tokenizer) if isinstance(run.tokenizer, BPETokenizer) else None  # vocab.json, ...
     optim_state = optimizer_state(run.optimizer, run.world)
     path = run.out_dir / name
     if run.world.is_main:
-        path = save_checkpoint(path, run.precision.weights(), optim_state, meta)
+        path = save_checkpoint(path, run.precision.weights(), optim_state, meta, files)
     run.last_saved_iter = run.iter_num
     return path
 
@@ -168,7 +193,8 @@ def save(run: Run, name: str) -> Path:
 def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
     """Estimate the losses, log them and save ckpt_latest (and ckpt_best when val improved); False on NaN/inf."""
     losses = estimate_loss(run.model, run.batches, run.config.eval_iters)
-    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"])
+    bpb = bits_per_byte(losses["val"], len(run.batches["eval_val"].tokens), run.val_bytes)
+    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], val_bpb=bpb)
     if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
         return False
     improved = run.best_val_loss is None or losses["val"] < run.best_val_loss
@@ -178,7 +204,8 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
     if improved:
         save(run, "ckpt_best")
     note = " (best so far)" if improved else ""
-    progress.print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{note}")
+    progress.print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                   f"val bpb {bpb:.4f}{note}")
     return True
 
 
@@ -202,7 +229,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
     corpus = load_corpus(config.data, config.cache_dir or None)
     tokenizer, splits = prepare_data(config, corpus, ckpt)
     backend.manual_seed(config.seed)
-    model = GPT(config.model_config(tokenizer.vocab_size))
+    model = GPT(config.model_config(model_vocab_size(tokenizer, ckpt)))
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
     world = world or World()
@@ -211,23 +238,32 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
     optimizer = make_optimizer(precision.param_groups(groups), config, world)
     parallel = DataParallel(world, config.gradient_accumulation_steps, config.seed, precision.params, optimizer)
     run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name, world,
-              parallel)  # fmt: skip
+              parallel, val_bytes=text_bytes(tokenizer, splits["val"]))  # fmt: skip
     if resume:
         restore(run, ckpt)
     return run
 
 
-def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -> tuple[CharTokenizer, dict]:
-    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters) and the token splits."""
-    tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
+def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -> tuple[Tokenizer, dict]:
+    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters; or a new one) and the token splits."""
+    tokenizer = ckpt.tokenizer if ckpt else None
     fine_tune = ckpt is not None and config.init_from != "resume"
     new_tokenizer, splits = build_dataset(
-        corpus, config.out_dir, config.model.block_size, tokenizer, allow_new_chars=fine_tune
-    )
-    if tokenizer is not None and new_tokenizer.vocab_size > tokenizer.vocab_size:
+        corpus, config.out_dir, config.model.block_size, tokenizer, allow_new_chars=fine_tune,
+        bpe_vocab_size=config.vocab_size if config.new_bpe else None,
+    )  # fmt: skip
+    if isinstance(tokenizer, CharTokenizer) and new_tokenizer.vocab_size > tokenizer.vocab_size:
         added = new_tokenizer.chars[tokenizer.vocab_size :]
         print(f"fine-tuning: {len(added)} new characters added to the vocabulary: {''.join(added)!r}")
+    if config.new_bpe and new_tokenizer.vocab_size < config.vocab_size:
+        print(f"note: the training text has pairs for only {new_tokenizer.vocab_size} of the {config.vocab_size} "
+              "BPE tokens asked for; the vocabulary is that size")
     return new_tokenizer, splits
+
+
+def model_vocab_size(tokenizer: Tokenizer, ckpt: Checkpoint | None) -> int:
+    """The tokenizer's size; from a checkpoint at least its model's (GPT-2 directories may pad the vocabulary)."""
+    return max(tokenizer.vocab_size, ckpt.meta["model_config"]["vocab_size"] if ckpt else 0)
 
 
 def make_batches(config: TrainConfig, splits: dict) -> dict:
@@ -287,7 +323,7 @@ def train(run: Run) -> int:
     progress = Progress(config.max_iters, run.iter_num, device) if main_rank else Discard()
     stopping = False  # agreed by every rank after each step
     with StopRequest() as stop:
-        if run.iter_num == 0 and not evaluate(run, metrics, progress):
+        if run.iter_num == 0 and resumed_at is None and not evaluate(run, metrics, progress):  # resumed: saved at 0
             return diverged(run, progress, "the initial loss is not finite")
         run.model.train()
         speed = Throughput(tokens_per_iter=tokens_per_iter(config))
@@ -324,7 +360,7 @@ def tokens_per_iter(config: TrainConfig) -> int:
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
     n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
     print(
-        f"{run.model.num_parameters():,} parameters, vocabulary of {run.tokenizer.vocab_size} characters, "
+        f"{run.model.num_parameters():,} parameters, vocabulary of {vocabulary(run.tokenizer)}, "
         f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}, {run.config.dtype}",
         flush=True,
     )
@@ -348,6 +384,12 @@ def zero_memory(run: Run) -> str:
     return f", ZeRO-1: optimizer state {mine / 1e6:.2f} MB per rank (AdamW's: {full / 1e6:.2f} MB)"
 
 
+def vocabulary(tokenizer: Tokenizer) -> str:
+    """'65 characters' or '1,024 BPE tokens'."""
+    unit = "BPE tokens" if isinstance(tokenizer, BPETokenizer) else "characters"
+    return f"{tokenizer.vocab_size:,} {unit}"
+
+
 def diverged(run: Run, progress: Progress, what: str) -> int:
     """Stop on a NaN/inf loss without saving: the checkpoints on disk stay the last good ones."""
     progress.close()
@@ -366,7 +408,7 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
     config = run.config
     if config.max_new_tokens > 0:
         run.model.eval()
-        prompt = default_prompt(run.tokenizer)
+        prompt = "" if isinstance(run.tokenizer, BPETokenizer) else default_prompt(run.tokenizer)  # BPE: after EOT
         (text,) = sample_texts(run.model, run.tokenizer, prompt, 1, config.max_new_tokens, seed=config.seed)
         print(f"---------- sample ----------\n{text}\n----------------------------", flush=True)
     if config.plot:

@@ -14,12 +14,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, find_checkpoint, load_checkpoint
 from tinygrad_gpt.cli import UsageError, build_config, option, section
+from tinygrad_gpt.data import tokenizer_kind
 from tinygrad_gpt.model import GPTConfig
+from tinygrad_gpt.pretrained import HF_CONFIG, checkpoint_tokenizer, hf_checkpoint
 
 DEFAULT_MAX_ITERS = 3500  # the no-argument run: about 5 minutes on 2 CPU cores (measured: README)
+DEFAULT_BPE_VOCAB = 1024  # --tokenizer bpe without --vocab_size
+MAX_VOCAB = 1 << 16  # the token files are uint16
 
 
 def default_model() -> GPTConfig:
@@ -40,7 +45,17 @@ class TrainConfig:
     )
     cache_dir: str = option("", "where downloads are kept; '' means $TINYGRAD_GPT_CACHE or ~/.cache/tinygrad_gpt")
     init_from: str = option(
-        "scratch", "'scratch', 'resume' (continue the run in out_dir exactly) or a checkpoint directory to fine-tune"
+        "scratch", "'scratch', 'resume' (continue the run in out_dir exactly), or a directory to fine-tune: a "
+        "checkpoint (or out_dir) of an earlier run, or a Hugging Face GPT-2 directory (config.json, "
+        "model.safetensors, vocab.json, merges.txt)"
+    )
+    tokenizer: str = option(
+        "char", "'char' (the text's characters) or 'bpe' (a byte-level BPE with GPT-2's rules, trained on the "
+        "training split); resumed and fine-tuned runs keep their checkpoint's tokenizer", choices=("char", "bpe")
+    )
+    vocab_size: int | None = option(
+        None, f"--tokenizer bpe: tokens in the vocabulary, 257..{MAX_VOCAB} (256 bytes + merges + <|endoftext|>); "
+        f"None: {DEFAULT_BPE_VOCAB}"
     )
     eval_interval: int = option(250, "estimate train/val loss and save checkpoints every this many iterations")
     log_interval: int = option(10, "write loss, lr and tokens/s to metrics.jsonl every this many iterations")
@@ -48,7 +63,7 @@ class TrainConfig:
     eval_only: bool = option(False, "only estimate the loss of the initial model (e.g. with --init_from resume)")
     overwrite: bool = option(False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir")
     plot: bool = option(True, "draw out_dir/loss.png at the end (needs matplotlib)")
-    max_new_tokens: int = option(500, "characters of the sample printed at the end (0: none)")
+    max_new_tokens: int = option(500, "tokens of the sample printed at the end (characters of a char model; 0: none)")
     # data
     batch_size: int = option(12, "sequences per batch")
     # model: one flag per GPTConfig field (--block_size, --n_layer, ..., --dropout, --tie_weights)
@@ -110,11 +125,17 @@ class TrainConfig:
                 raise UsageError(f"--{name} {requirement}, got {getattr(self, name)}")
         if self.zero and self.dtype != "float32":
             raise UsageError(f"--zero 1 works with --dtype float32 only, got --dtype {self.dtype}")
+        if self.vocab_size is not None and self.tokenizer != "bpe":
+            raise UsageError(f"--vocab_size is for --tokenizer bpe (a character vocabulary is the text's characters), "
+                             f"got --vocab_size {self.vocab_size} with --tokenizer {self.tokenizer}")
+        if self.vocab_size is not None and not 257 <= self.vocab_size <= MAX_VOCAB:
+            raise UsageError(f"--vocab_size must be in 257..{MAX_VOCAB} (256 bytes + <|endoftext|> at least; the "
+                             f"token files hold uint16 ids), got {self.vocab_size}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < (self.warmup_iters or 0):
             raise UsageError(f"--lr_decay_iters {self.lr_decay_iters} must be >= --warmup_iters {self.warmup_iters}")
 
     def resolved(self) -> TrainConfig:
-        """A copy with the None defaults of the schedule filled in (saved, so a resume keeps them)."""
+        """A copy with the None defaults of the schedule and a new BPE's size filled in (saved: a resume keeps them)."""
         lr_decay_iters = self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
         warmup = min(100, self.max_iters // 10) if self.warmup_iters is None else self.warmup_iters
         return dataclasses.replace(
@@ -122,7 +143,13 @@ class TrainConfig:
             warmup_iters=min(warmup, lr_decay_iters),
             lr_decay_iters=lr_decay_iters,
             min_lr=self.learning_rate / 10 if self.min_lr is None else self.min_lr,
+            vocab_size=DEFAULT_BPE_VOCAB if self.new_bpe and self.vocab_size is None else self.vocab_size,
         )
+
+    @property
+    def new_bpe(self) -> bool:
+        """Whether this run trains a BPE of its own (from scratch with --tokenizer bpe)."""
+        return self.tokenizer == "bpe" and self.init_from == "scratch"
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The GPTConfig of this run, for a vocabulary of vocab_size tokens."""
@@ -130,21 +157,47 @@ class TrainConfig:
 
 
 def load_init_checkpoint(init_from: str, out_dir: str) -> Checkpoint | None:
-    """The checkpoint `--init_from` names: None for 'scratch', out_dir/ckpt_latest for 'resume', else a directory."""
+    """The checkpoint `--init_from` names, with its tokenizer loaded.
+
+    None for 'scratch', out_dir/ckpt_latest for 'resume', else a directory: a Hugging Face GPT-2
+    directory (config.json), or a checkpoint or out_dir of an earlier run.
+    """
     if init_from == "scratch":
         return None
     if init_from == "resume":
         try:
-            return load_checkpoint(find_checkpoint(out_dir, prefer=("ckpt_latest",)))
+            ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=("ckpt_latest",)))
         except CheckpointError as e:
             raise UsageError(f"--init_from resume: {e}") from None
-    return load_checkpoint(find_checkpoint(init_from), with_optimizer=False)
+    elif (Path(init_from) / HF_CONFIG).is_file():
+        return hf_checkpoint(init_from)
+    else:
+        ckpt = load_checkpoint(find_checkpoint(init_from), with_optimizer=False)
+    ckpt.tokenizer = checkpoint_tokenizer(ckpt)
+    return ckpt
+
+
+def keep_tokenizer(values: dict, given: set, ckpt: Checkpoint) -> dict:
+    """The tokenizer settings of a run that starts from `ckpt`: its tokenizer's, whatever the flags say.
+
+    Raises:
+        UsageError: a --tokenizer or --vocab_size given that contradicts the checkpoint's tokenizer.
+    """
+    kind, size = tokenizer_kind(ckpt.tokenizer), ckpt.tokenizer.vocab_size
+    saved = ckpt.meta.get("train_config", {}).get("vocab_size") if values["init_from"] == "resume" else None
+    if "tokenizer" in given and values["tokenizer"] != kind:
+        raise UsageError(f"--tokenizer {values['tokenizer']} conflicts with the {kind} tokenizer of {ckpt.path} "
+                         "(a trained model keeps its tokenizer)")
+    if "vocab_size" in given and (kind != "bpe" or values["vocab_size"] not in (size, saved)):
+        raise UsageError(f"--vocab_size {values['vocab_size']} conflicts with the {kind} tokenizer of {size} tokens "
+                         f"of {ckpt.path} (a trained model keeps its tokenizer)")
+    return {"tokenizer": kind, "vocab_size": saved}
 
 
 def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfig:
     """The run's TrainConfig: flags over the config file over defaults, checked, schedule resolved.
 
-    From a checkpoint the model's architecture is kept (flags that contradict it are an error); to
+    From a checkpoint the model's architecture and tokenizer are kept (flags that contradict them are an error); to
     resume, its settings are too, except those given now (e.g. a larger --max_iters).
 
     Args:
@@ -152,12 +205,14 @@ def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfi
         given: the flags set on the command line or in the config file.
         ckpt: the checkpoint of --init_from, or None.
     Raises:
-        UsageError for a flag that contradicts the checkpoint; ValueError (CheckpointError) for bad values.
+        UsageError for a flag that contradicts the checkpoint or its tokenizer; ValueError (CheckpointError) for
+        bad values.
     """
     if ckpt is None:
         return build_config(TrainConfig, values).resolved()
     try:
         saved = GPTConfig(**ckpt.meta["model_config"]).architecture()
+        del saved["vocab_size"]  # the vocabulary follows the checkpoint's tokenizer (keep_tokenizer)
         saved_settings = ckpt.meta["train_config"] if values["init_from"] == "resume" else {}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
@@ -167,9 +222,11 @@ def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfi
                 f"--{key} {values[key]} conflicts with the checkpoint's {key}={saved[key]} in {ckpt.path} "
                 "(a trained model's shape cannot change)"
             )
+    tokenizer = keep_tokenizer(values, given, ckpt)
     if values["init_from"] == "resume":
         kept = {k: v for k, v in saved_settings.items() if k in values}  # values has a key for every flag
         values = {**kept, **{k: values[k] for k in given}, "init_from": "resume"}
     else:
         values = {**values, **{k: v for k, v in saved.items() if k in values}}
+    values.update(tokenizer)
     return build_config(TrainConfig, values).resolved()
