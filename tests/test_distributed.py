@@ -271,3 +271,32 @@ def test_bench_ddp_reports_one_row_per_rank_count_with_the_allreduce_size(tmp_pa
     n_params = harness.num_params(harness.CONFIGS["tiny"])
     assert float(rows[1][columns.index("allreduce MB/step")]) == pytest.approx(4 * n_params / 1e6, abs=0.01)
     assert float(rows[0][columns.index("step (ms)")]) > 0
+
+
+class _TwoIdenticalRanks(distributed.World):
+    """Rank 0 of 2 ranks that computed the same gradients: the mean over ranks is the input itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.size = 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_frozen_parameter_stays_frozen_under_data_parallelism(dtype):
+    # integration of "frozen parameters stay in parameters()" with GradSync: a zero gradient made up for a
+    # frozen weight let AdamW's weight decay shrink it on 2 ranks but not on 1
+    from tinygrad_gpt.amp import make_precision
+
+    model = _tiny_gpt()
+    frozen = model.wte.weight
+    frozen.requires_grad_(False)
+    before = backend.to_numpy(frozen.data).copy()
+    precision = make_precision(dtype, model)
+    optimizer = AdamW(precision.param_groups(model.param_groups(0.5)), lr=0.1)
+    sync = distributed.GradSync(precision.params, _TwoIdenticalRanks())
+    idx = np.zeros((1, 4), dtype=np.int64)
+    for _ in range(2):
+        precision.zero_grad(optimizer)
+        precision.scale_loss(model(idx, idx)[1]).backward()
+        precision.step(optimizer, 1.0, reduce_grads=sync.allreduce_)
+    np.testing.assert_array_equal(backend.to_numpy(frozen.data).astype(before.dtype), before.astype(frozen.dtype))

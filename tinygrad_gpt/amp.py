@@ -51,7 +51,8 @@ class MasterWeights:
         named = list(model.named_parameters())
         self.names = [name for name, _ in named]
         self.model_params = [p for _, p in named]
-        self.params = [Tensor(p.data.astype(MASTER_DTYPE), requires_grad=True, device=p.device)
+        # a frozen parameter's master does not require grad either (GradSync then leaves its .grad None)
+        self.params = [Tensor(p.data.astype(MASTER_DTYPE), requires_grad=p.requires_grad, device=p.device)
                        for p in self.model_params]
         self._master_of = {id(p): m for p, m in zip(self.model_params, self.params)}
         model.to(dtype=dtype)

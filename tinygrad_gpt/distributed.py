@@ -388,12 +388,14 @@ class GradSync:
         return self.flat.nbytes
 
     def allreduce_(self) -> None:
-        """Set every parameter's .grad to its mean over ranks (a missing .grad counts as zeros)."""
+        """Set every parameter's .grad to its mean over ranks (missing: zeros; a frozen one keeps None)."""
         if self.world.size == 1:
             return
         self.flat.pack([None if p.grad is None else p.grad.data for p in self.params])
         self.world.allreduce_mean_(self.flat.data)
         for j, p in enumerate(self.params):  # views: the engine accumulates out of place, never into them
+            if p.grad is None and not p.requires_grad:  # frozen: no rank has a gradient; a zero one would decay it
+                continue
             grad = self.flat.view(j)
             p.grad = Tensor(grad, dtype=grad.dtype, device=p.device)
 
