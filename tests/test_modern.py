@@ -427,3 +427,13 @@ def test_wsd_lr_rejects_bad_arguments(kwargs, message):
     args = dict(learning_rate=1.0, warmup_iters=10, max_iters=100, decay_frac=0.4, min_lr=0.1)
     with pytest.raises(ValueError, match=message):
         wsd_lr(0, **{**args, **kwargs})
+
+
+def test_the_fused_functions_accept_lists_and_numpy_arrays_like_the_others():
+    x = [[1.0, 2.0, 3.0, 4.0]]
+    np.testing.assert_allclose(F.rms_norm(x, [1.0] * 4).numpy(), F.rms_norm(Tensor(x), Tensor.ones(4)).numpy())
+    qkv = np.linspace(-1, 1, 12, dtype=np.float32).reshape(1, 1, 12)
+    got = F.qk_norm_rotary(qkv, 2, [1.0, 1.0], np.ones(2, np.float32)).numpy()
+    np.testing.assert_allclose(got, F.qk_norm_rotary(Tensor(qkv), 2, Tensor.ones(2), Tensor.ones(2)).numpy())
+    cos, sin = F.rotary_tables(1, 4)
+    assert F.rotary(np.ones((1, 4), np.float32), cos, sin).shape == (1, 4)

@@ -46,14 +46,6 @@ def make_optimizer(param_groups: list, config, world: World) -> Optimizer:
     return AdamW(param_groups, **kwargs)
 
 
-def optimizer_state_nbytes(optimizer: Optimizer) -> int:
-    """Bytes of optimizer state held by this rank (moments; ZeroAdamW holds 1/R of AdamW's)."""
-    if isinstance(optimizer, ZeroAdamW):
-        return optimizer.state_nbytes
-    return sum(int(v.nbytes) for entry in optimizer.state_dict()["state"].values() for v in entry.values()
-               if hasattr(v, "nbytes"))
-
-
 def start_from_rank_0(model, precision, world: World) -> None:
     """Overwrite every rank's weights (the model's and float16's float32 masters) with rank 0's.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from tinygrad_gpt import backend
+from tinygrad_gpt.autograd import as_tensors
 from tinygrad_gpt.tensor import Function, Tensor, _raw
 
 # ---------------------------------------------------------------- raw-array kernels, shared by the Functions
@@ -94,6 +95,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-5) -> Tensor:
     Returns:
         (..., C)
     """
+    x, weight = as_tensors((x, weight), "rms_norm")  # NumPy arrays and lists too, as the other functions
     if x.ndim < 1 or weight.shape != (x.shape[-1],):
         raise ValueError(f"rms_norm: input of shape {x.shape} needs a weight of shape "
                          f"({x.shape[-1] if x.ndim else '?'},), got {weight.shape}")
@@ -151,6 +153,7 @@ def rotary(x: Tensor, cos, sin) -> Tensor:
     Returns:
         (..., T, hs): [x1 cos - x2 sin, x2 cos + x1 sin] with x1, x2 the halves of the last axis.
     """
+    (x,) = as_tensors((x,), "rotary")
     if x.ndim < 2:
         raise ValueError(f"rotary: input of shape {x.shape} is not (..., T, hs)")
     cos, sin = _check_tables("rotary", x, cos, sin, x.shape[-2], x.shape[-1])
@@ -218,6 +221,7 @@ def qk_norm_rotary(qkv: Tensor, n_head: int, q_weight: Tensor | None = None, k_w
     Returns:
         (B, T, 3C)
     """
+    (qkv,) = as_tensors((qkv,), "qk_norm_rotary")
     if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
         raise ValueError(f"qk_norm_rotary: qkv of shape {qkv.shape} is not (B, T, 3 C) with C divisible by "
                          f"n_head={n_head}")
@@ -228,6 +232,7 @@ def qk_norm_rotary(qkv: Tensor, n_head: int, q_weight: Tensor | None = None, k_w
         cos, sin = _check_tables("qk_norm_rotary", qkv, cos, sin, qkv.shape[1], hs)
     weights = ()
     if q_weight is not None:
+        q_weight, k_weight = as_tensors((q_weight, k_weight), "qk_norm_rotary")
         if q_weight.shape != (hs,) or k_weight.shape != (hs,):
             raise ValueError(f"qk_norm_rotary: head size {hs} needs q_weight and k_weight of shape ({hs},), "
                              f"got {q_weight.shape} and {k_weight.shape}")
