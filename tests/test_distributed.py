@@ -235,6 +235,19 @@ def test_zero_adamw_on_one_rank_is_adamw_and_writes_its_state_layout(float64):
         zero.load_state_dict(broken)
 
 
+def test_zero_adamw_skips_a_frozen_parameter_as_adamw_does(float64):
+    plain, sharded = _tiny_gpt(), _tiny_gpt()
+    for model in (plain, sharded):
+        model.wte.weight.requires_grad_(False)  # frozen: no gradient, no update, no weight decay
+    frozen = backend.to_numpy(sharded.wte.weight.data).copy()
+    adamw = AdamW(plain.param_groups(0.1), lr=1e-2)
+    zero = ZeroAdamW(sharded.param_groups(0.1), distributed.World(), lr=1e-2)
+    np.testing.assert_allclose(_train(sharded, zero, 3, True), _train(plain, adamw, 3, False), rtol=1e-12)
+    for p, q in zip(plain.parameters(), sharded.parameters()):
+        np.testing.assert_allclose(backend.to_numpy(q.data), backend.to_numpy(p.data), rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(backend.to_numpy(sharded.wte.weight.data), frozen)
+
+
 def test_zero_adamw_needs_every_gradient():
     model = _tiny_gpt()
     optimizer = ZeroAdamW(model.parameters(), distributed.World())

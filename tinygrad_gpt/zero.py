@@ -70,14 +70,17 @@ class ZeroAdamW(Optimizer):
             The total norm of the averaged gradient before clipping, or None without max_grad_norm.
         """
         self._relink()
-        missing = [i for i, p in enumerate(self._params) if p.grad is None]
+        missing = [i for i, p in enumerate(self._params) if p.grad is None and p.requires_grad]
         if missing:
-            raise ValueError(f"ZeroAdamW: parameters {missing[:5]} have no gradient; every parameter needs one")
-        self.grads.pack([p.grad.data for p in self._params] + [None])
+            raise ValueError(f"ZeroAdamW: parameters {missing[:5]} have no gradient; every trainable one needs one")
+        # NOTE: a frozen parameter (requires_grad False) takes part as zeros and is not updated, as AdamW skips it
+        self.grads.pack([None if p.grad is None else p.grad.data for p in self._params] + [None])
         self.world.reduce_scatter_mean(self.grads.data, out=self.grad_shard)
         total_norm = None if max_grad_norm is None else self._clip_(max_grad_norm)
-        self.steps = [s + 1 for s in self.steps]
+        self.steps = [s + p.requires_grad for s, p in zip(self.steps, self._params)]
         for i, lo, hi in self._runs():
+            if not self._params[i].requires_grad:
+                continue
             group = self.param_groups[self._group_of[i]]
             beta1, beta2 = (float(b) for b in group["betas"])
             local = slice(lo - self.shard_start, hi - self.shard_start)
@@ -111,7 +114,8 @@ class ZeroAdamW(Optimizer):
                 continue
             last = runs[-1] if runs else None
             if last and last[2] == lo and self._group_of[last[0]] == self._group_of[i] and \
-                    self.steps[last[0]] == self.steps[i]:
+                    self.steps[last[0]] == self.steps[i] and \
+                    self._params[last[0]].requires_grad == self._params[i].requires_grad:
                 last[2] = hi
             else:
                 runs.append([i, lo, hi])
