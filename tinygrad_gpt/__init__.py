@@ -6,7 +6,7 @@ The package reads bottom-up as the stack it is:
     kernels/        optional fused kernels (cpu.py: numba, cuda.py: CuPy) behind one `find`
     autograd.py     grad mode, Function and the backward engine
     ops.py          the primitive Functions; tensor.py: Tensor, its operators and composite ops
-    nn/  optim.py   Modules and layers (nn/functional.py: the fused Functions), optimizers
+    nn/  optim/     Modules and layers (nn/functional.py: the fused Functions), optimizers and schedules
     model.py        GPTConfig and GPT
 
 The public names below are imported on first use (PEP 562), so importing one layer, say
