@@ -6,7 +6,7 @@ meanings; `--help` lists them. They are the fields of TrainConfig (train_config.
 builds once and passes on. The loop below is nanoGPT's train.py, kept in one readable piece:
 
     every eval_interval: estimate train/val loss, save out_dir/ckpt_latest (and ckpt_best when val improves)
-    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step (`train_step`)
+    every iteration:     lr schedule, batch, forward, backward, clip, optimizer step (`train_step`)
     every log_interval:  a line in out_dir/metrics.jsonl
 
 float32 and float16 (`--dtype`) differ only in the `Precision` object the step calls (amp.py).
@@ -30,10 +30,10 @@ from tinygrad_gpt import backend, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
 from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
-from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, fixed_windows, load_corpus
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
-from tinygrad_gpt.optim import AdamW, cosine_lr
+from tinygrad_gpt.optim import AdamW, MultiOptimizer, Muon, cosine_lr, wsd_lr
 from tinygrad_gpt.sample import default_prompt, sample_texts
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
 
@@ -54,15 +54,18 @@ class Run:
 
     config: TrainConfig
     model: GPT
-    optimizer: AdamW
+    optimizer: AdamW | MultiOptimizer  # MultiOptimizer: Muon and AdamW (--optimizer muon)
     precision: Precision  # float32, or float16 with float32 master weights and a loss scale
     tokenizer: CharTokenizer
-    batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
+    batches: dict  # "train": the BatchSampler of the training batches
+    eval_batches: dict  # "train", "val": the fixed (x, y) batches every evaluation uses
     corpus_name: str
     iter_num: int = 0
     best_val_loss: float | None = None
     last_saved_iter: int | None = None
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
+    split_sizes: dict = dataclasses.field(default_factory=dict)  # tokens per split, for the first line printed
+    train_time: float = 0.0  # seconds spent in training steps, evaluations and saves excluded (resumes add on)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -76,37 +79,52 @@ class Run:
 # ---------------------------------------------------------------- small helpers of the loop
 
 
-def get_lr(config: TrainConfig, it: int) -> float:
-    """The learning rate of iteration `it` (cosine schedule with warmup, or constant)."""
+def get_lr(config: TrainConfig, it: int, peak_lr: float | None = None) -> float:
+    """The learning rate of iteration `it` for a group whose peak rate is peak_lr (None: learning_rate).
+
+    The schedule (--lr_schedule cosine or wsd, with warmup; constant without --decay_lr) scaled to
+    the group's peak: its final rate is min_lr * peak_lr / learning_rate.
+    """
+    lr = config.learning_rate if peak_lr is None else peak_lr
     if not config.decay_lr:
-        return config.learning_rate
-    return cosine_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters, config.min_lr)
+        return lr
+    min_lr = config.min_lr if lr == config.learning_rate else config.min_lr * (lr / config.learning_rate)
+    if config.lr_schedule == "wsd":
+        return wsd_lr(it, lr, config.warmup_iters, config.lr_decay_iters, config.decay_frac, min_lr)
+    return cosine_lr(it, lr, config.warmup_iters, config.lr_decay_iters, min_lr)
+
+
+def set_learning_rates(run: Run) -> float:
+    """Set every group's rate for iteration run.iter_num from its own peak ("initial_lr"); returns AdamW's default."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = get_lr(run.config, run.iter_num, group["initial_lr"])
+    return get_lr(run.config, run.iter_num)
 
 
 @no_grad()
-def estimate_loss(model: GPT, batches: dict, eval_iters: int) -> dict:
-    """Mean loss over `eval_iters` batches of each split, in eval mode (no dropout).
+def estimate_loss(model: GPT, eval_batches: dict) -> dict:
+    """Mean loss over the fixed evaluation batches of each split, in eval mode (no dropout).
 
+    Args:
+        eval_batches: {"train": [(x, y), ...], "val": [...]}, the same at every evaluation.
     Returns:
         {"train": float, "val": float}
     """
     model.eval()
     out = {}
     for split in ("train", "val"):
-        losses = [model(*batches[f"eval_{split}"].next_batch())[1].item() for _ in range(eval_iters)]
+        losses = [model(x, y)[1].item() for x, y in eval_batches[split]]
         out[split] = sum(losses) / len(losses)
     model.train()
     return out
 
 
-def train_step(run: Run, lr: float) -> float:
-    """One iteration: a batch, forward, backward, clip and optimizer step at learning rate lr; returns the loss.
+def train_step(run: Run) -> float:
+    """One iteration: a batch, forward, backward, clip and optimizer step at the rates set; returns the loss.
 
     The same for float32 and float16 (run.precision): a float16 step whose gradients hold inf/NaN is
     skipped and the loss scale lowered.
     """
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
     backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
     x, y = run.batches["train"].next_batch()  # (B, T) inputs and next-character targets
     _, loss = run.model(x, y)
@@ -136,6 +154,7 @@ def save(run: Run, name: str) -> Path:
         "iter_num": run.iter_num,
         "best_val_loss": run.best_val_loss,
         "elapsed": run.elapsed(),
+        "train_time_s": run.train_time,
         "rng_state": backend.get_rng_state(),
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
         **run.precision.state_dict(),  # float16: the loss scale
@@ -147,8 +166,8 @@ def save(run: Run, name: str) -> Path:
 
 def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
     """Estimate the losses, log them and save ckpt_latest (and ckpt_best when val improved); False on NaN/inf."""
-    losses = estimate_loss(run.model, run.batches, run.config.eval_iters)
-    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"])
+    losses = estimate_loss(run.model, run.eval_batches)
+    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], train_time_s=run.train_time)
     if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
         return False
     improved = run.best_val_loss is None or losses["val"] < run.best_val_loss
@@ -185,10 +204,11 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
     model = GPT(config.model_config(tokenizer.vocab_size))
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
-    groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
-    optimizer = AdamW(precision.param_groups(groups), lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name)
+    optimizer = make_optimizer(config, model, precision)
+    batches, eval_batches = make_batches(config, splits)
+    run = Run(config, model, optimizer, precision, tokenizer, batches, eval_batches, corpus.name)
+    run.split_sizes = {split: len(tokens) for split, tokens in splits.items()}
     if resume:
         restore(run, ckpt)
     return run
@@ -207,14 +227,36 @@ def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -
     return new_tokenizer, splits
 
 
-def make_batches(config: TrainConfig, splits: dict) -> dict:
-    """Separate sampler streams, so evaluating never shifts the training batches."""
+def make_optimizer(config: TrainConfig, model: GPT, precision: Precision) -> AdamW | MultiOptimizer:
+    """AdamW (--optimizer adamw), or Muon for the hidden matrices and AdamW for the rest (--optimizer muon).
+
+    Every group carries its peak rate as "initial_lr" (torch's name), which the schedule scales.
+    """
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "adamw":
+        groups = [{**g, "initial_lr": config.learning_rate} for g in model.param_groups(config.weight_decay)]
+        return AdamW(precision.param_groups(groups), lr=config.learning_rate, betas=betas)
+    peaks = {"qkv": config.muon_lr, "hidden": config.muon_lr, "embeddings": config.embedding_lr,
+             "head": config.head_lr, "scalars": config.scalar_lr}  # fmt: skip
+    muon_groups, adamw_groups = model.optimizer_groups()
+    muon_groups, adamw_groups = (
+        precision.param_groups([{**g, "initial_lr": peaks[g["name"]] or config.learning_rate} for g in groups])
+        for groups in (muon_groups, adamw_groups)
+    )
+    muon = Muon(muon_groups, lr=config.muon_lr, momentum=config.muon_momentum,
+                weight_decay=config.muon_weight_decay, ns_steps=config.ns_steps)  # fmt: skip
+    return MultiOptimizer([muon, AdamW(adamw_groups, lr=config.learning_rate, betas=betas)])
+
+
+def make_batches(config: TrainConfig, splits: dict) -> tuple[dict, dict]:
+    """The training batches' sampler, and the fixed evaluation batches (eval_iters of each split).
+
+    Returns:
+        ({"train": BatchSampler}, {"train": [(x, y), ...], "val": [...]})
+    """
     B, T, seed = config.batch_size, config.model.block_size, config.seed
-    return {
-        "train": BatchSampler(splits["train"], B, T, seed=[seed, 0]),
-        "eval_train": BatchSampler(splits["train"], B, T, seed=[seed, 1]),
-        "eval_val": BatchSampler(splits["val"], B, T, seed=[seed, 2]),
-    }
+    evals = {split: fixed_windows(splits[split], config.eval_iters, B, T) for split in ("train", "val")}
+    return {"train": BatchSampler(splits["train"], B, T, seed=[seed, 0])}, evals
 
 
 def widen_vocab(state: dict, model: GPT) -> dict:
@@ -233,14 +275,15 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
     """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses, loss scale and every generator."""
     if ckpt.optim_state is None:
         raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
+    hypers = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(ckpt.optim_state)
-    for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
-        group["betas"] = (run.config.beta1, run.config.beta2)
-    run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
+    for group, hyper in zip(run.optimizer.param_groups, hypers):  # the run's settings (flags given now win)
+        group.update(hyper)
     try:
         meta = ckpt.meta
         run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
         run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
+        run.train_time = float(meta.get("train_time_s", 0.0))
         backend.set_rng_state(meta["rng_state"])
         for name, batches in run.batches.items():
             batches.set_state(meta["sampler_states"][name])
@@ -267,8 +310,10 @@ def train(run: Run) -> int:
         run.model.train()
         speed = Throughput(tokens_per_iter=config.batch_size * config.model.block_size)
         while run.iter_num < config.max_iters and not stop.requested:
-            lr = get_lr(config, run.iter_num)
-            loss = train_step(run, lr)
+            lr = set_learning_rates(run)
+            started = time.perf_counter()
+            loss = train_step(run)
+            run.train_time += time.perf_counter() - started
             if not math.isfinite(loss):  # nothing is saved from here, so the step's weights are dropped
                 return diverged(run, progress, f"loss is {loss} at iteration {run.iter_num + 1}")
             run.iter_num += 1
@@ -292,7 +337,7 @@ def train(run: Run) -> int:
 
 
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
-    n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
+    n_train, n_val = run.split_sizes["train"], run.split_sizes["val"]
     print(
         f"{run.model.num_parameters():,} parameters, vocabulary of {run.tokenizer.vocab_size} characters, "
         f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}, {run.config.dtype}",
@@ -357,7 +402,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.eval_only:
-        losses = estimate_loss(run.model, run.batches, config.eval_iters)
+        losses = estimate_loss(run.model, run.eval_batches)
         print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return 0
     try:
