@@ -222,7 +222,7 @@ def report(args, h: dict, rows: list[dict]) -> None:
 
     columns = ["seed", "variant", "target val loss", "baseline time to target (s)", "ours: iterations to target",
                "ours: time to target (s)", "ours: final val loss", "ratio ours / baseline"]  # fmt: skip
-    table = [[r["seed"], r["variant"], f"{r['target']:.4f}", cell(r["baseline_s"]), cell(r["ours_iters"], 0),
+    table = [[str(r["seed"]), r["variant"], f"{r['target']:.4f}", cell(r["baseline_s"]), cell(r["ours_iters"], 0),
               cell(r["ours_s"]), f"{r['ours_final']:.4f}", cell(r["ratio"], 3)] for r in rows]  # fmt: skip
     for name, _ in args.variants:
         ratios = [r["ratio"] for r in rows if r["variant"] == name]
