@@ -61,6 +61,9 @@ ABLATION = [
     ("+ untied zero-initialised head, logit soft-cap", ["--min_lr", "6e-4", "--lr_schedule", "cosine",
      "--max_iters", "600"]),
     ("+ warmup-stable-decay schedule (the recipe)", []),
+    ("the recipe with ns_steps 3", ["--ns_steps", "3"]),
+    ("the recipe with batch 24, 200 iterations", ["--batch_size", "24", "--eval_iters", "10", "--max_iters", "200",
+                                                  "--warmup_iters", "10"]),
 ]
 
 
@@ -151,6 +154,11 @@ def measure_seed(args, seed: int, h: dict, cfg: dict, windows: list, work: Path)
     rows = []
     for name, extra in args.variants:
         extra = [*args.recipe_args, *extra, "--eval_interval", str(args.recipe_eval_interval)]
+        config = recipe_config(args.recipe, args.data, extra)
+        count, block = len(windows) * len(windows[0][0]), len(windows[0][0][0])  # windows, and their length
+        if (config.eval_iters * config.batch_size, config.model.block_size) != (count, block):
+            raise ValueError(f"{name}: its evaluation windows differ from the baseline's (keep eval_iters * "
+                             "batch_size and block_size those of the recipe)")
         ours = run_recipe(args.recipe, args.data, seed, extra, args.threads, work / f"out-{seed}")
         reached = time_to_target(ours["evals"], target)
         rows.append({

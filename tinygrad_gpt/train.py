@@ -44,6 +44,7 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --init_from resume               # continue out/ exactly where it stopped
   python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
+  python -m tinygrad_gpt.train --config configs/speedrun_char.toml --data shakespeare   # docs/faster.md
   TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
 """
 
