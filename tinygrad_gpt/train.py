@@ -206,7 +206,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
-    optimizer = make_optimizer(config, model, precision)
+    optimizer = build_optimizer(config, model, precision)
     batches, eval_batches = make_batches(config, splits)
     run = Run(config, model, optimizer, precision, tokenizer, batches, eval_batches, corpus.name)
     run.split_sizes = {split: len(tokens) for split, tokens in splits.items()}
@@ -228,7 +228,7 @@ def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -
     return new_tokenizer, splits
 
 
-def make_optimizer(config: TrainConfig, model: GPT, precision: Precision) -> AdamW | MultiOptimizer:
+def build_optimizer(config: TrainConfig, model: GPT, precision: Precision) -> AdamW | MultiOptimizer:
     """AdamW (--optimizer adamw), or Muon for the hidden matrices and AdamW for the rest (--optimizer muon).
 
     Every group carries its peak rate as "initial_lr" (torch's name), which the schedule scales.
