@@ -39,9 +39,10 @@ def corpus(tmp_path) -> Path:
     return tmp_path / "corpus.txt"
 
 
-def test_muon_run_resumes_bit_for_bit_with_its_state_in_the_checkpoint(tmp_path, corpus):
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_muon_run_resumes_bit_for_bit_with_its_state_in_the_checkpoint(tmp_path, corpus, dtype):
     """Muon + AdamW and the WSD schedule: 10 iterations in one go == 5, stop, resume to 10 (dropout on)."""
-    common = (f"--data {corpus} {TINY} {MUON} --dropout 0.1 --lr_schedule wsd --decay_frac 0.5 "
+    common = (f"--data {corpus} {TINY} {MUON} --dropout 0.1 --lr_schedule wsd --decay_frac 0.5 --dtype {dtype} "
               "--lr_decay_iters 10 --warmup_iters 2 --pos_encoding rope --activation relu2 --qk_norm true")
     assert train.main(f"{common} --out_dir {tmp_path / 'a'} --max_iters 10".split()) == 0
     assert train.main(f"{common} --out_dir {tmp_path / 'b'} --max_iters 5".split()) == 0
@@ -51,7 +52,7 @@ def test_muon_run_resumes_bit_for_bit_with_its_state_in_the_checkpoint(tmp_path,
     assert [g["name"] for g in muon_state["param_groups"]] == ["qkv", "hidden"]
     assert all("momentum_buffer" in entry for entry in muon_state["state"].values()) and muon_state["state"]
     assert train.main(f"--init_from resume --out_dir {tmp_path / 'b'} --max_iters 10".split()) == 0
-    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # float16: the loss scale is restored too
     assert len(losses(tmp_path / "a")) == 13
 
 
