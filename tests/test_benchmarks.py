@@ -175,6 +175,21 @@ def test_bench_quality_trains_both_frameworks(tmp_path):
         assert number(row[2]) < math.log(vocab) - 0.3
 
 
+@requires_torch
+@pytest.mark.slow
+def test_bench_speedrun_times_both_to_the_baselines_loss(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("to be, or not to be: that is the question.\n" * 60)
+    out = run_script("bench_speedrun.py", "--data", str(text), "--tiny", "--seeds", "3",
+                     "--json", str(tmp_path / "rows.json"))  # fmt: skip
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns[0] == "seed" and columns[-1] == "ratio ours / baseline"
+    assert [r[0] for r in rows] == ["3", "median"]
+    assert 0 < number(rows[0][2]) < math.log(len(set(text.read_text())))  # the target: the baseline's final loss
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert saved[0]["target"] == pytest.approx(number(rows[0][2]), abs=1e-4) and saved[0]["baseline_s"] > 0
+
+
 # ---------------------------------------------------------------- the reference model is our model
 
 

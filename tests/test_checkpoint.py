@@ -195,14 +195,16 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 # The fixtures are ckpt_latest of `train --data corpus.txt --max_iters 6 --eval_interval 6 --eval_iters 1
 #   --n_layer 1 --n_head 1 --n_embd 2 --block_size 4 --batch_size 2 --log_interval 1 --dropout 0.1
 #   --warmup_iters 1 --bias false --learning_rate 0.1 --dtype float32|float16`.
+# Evaluations have used fixed windows since (data.fixed_windows), so their losses (eval_only and the last
+# entry of `resumed`) are today's; the training losses are still the old code's, to the digit.
 V1_EXPECTED = {
     "float32": dict(
-        resumed=[(7, 1.399913), (8, 1.398271), (9, 1.397634), (9, 1.400308, 1.422505)], loss_scale=None,
-        eval_only="iter 6: train loss 1.4352, val loss 1.4683", sample="ab \n\nba\n  \na\n   aab\n",
+        resumed=[(7, 1.399913), (8, 1.398271), (9, 1.397634), (9, 1.422505, 1.422505)], loss_scale=None,
+        eval_only="iter 6: train loss 1.4683, val loss 1.4683", sample="ab \n\nba\n  \na\n   aab\n",
     ),
     "float16": dict(
-        resumed=[(7, 1.395057), (8, 1.453616), (9, 1.42344), (9, 1.3929, 1.385812)], loss_scale=16384.0,
-        eval_only="iter 6: train loss 1.3951, val loss 1.3828", sample="ab \n ba\n a\na\n a aab\n",
+        resumed=[(7, 1.395057), (8, 1.453616), (9, 1.42344), (9, 1.385812, 1.385812)], loss_scale=16384.0,
+        eval_only="iter 6: train loss 1.3828, val loss 1.3828", sample="ab \n ba\n a\na\n a aab\n",
     ),
 }  # fmt: skip
 
@@ -239,5 +241,6 @@ def test_a_checkpoint_of_the_first_format_resumes_samples_and_evaluates_as_befor
         old = json.load(f)
     # the old layout survives key for key and in order; settings added since then may follow
     assert [k for k in meta if k in old] == list(old)
-    for key in ("train_config", "model_config", "rng_state", "sampler_states"):
+    for key in ("train_config", "model_config", "rng_state"):
         assert [k for k in meta[key] if k in old[key]] == list(old[key]), key
+    assert list(meta["sampler_states"]) == ["train"]  # evaluations draw no random windows any more

@@ -8,7 +8,7 @@ The package reads bottom-up as the stack it is:
     ops.py          the primitive Functions; tensor.py: Tensor, its operators and composite ops
                     (movement.py: its reshape/permute/indexing methods; functions.py: einsum, zeros_like)
     viz.py          draw_graph: the recorded graph as Graphviz DOT text (and SVG/PNG with `dot`)
-    nn/  optim.py   Modules and layers (nn/functional.py: the fused Functions), optimizers
+    nn/  optim/     Modules and layers (nn/functional.py: the fused Functions), optimizers and schedules
     model.py        GPTConfig and GPT
 
 The public names below are imported on first use (PEP 562), so importing one layer, say

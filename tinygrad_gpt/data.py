@@ -423,3 +423,21 @@ class BatchSampler:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
+
+
+def fixed_windows(tokens: np.ndarray, n_batches: int, batch_size: int, block_size: int) -> list:
+    """The same evaluation batches every time: n_batches * batch_size windows evenly spaced over `tokens`.
+
+    No generator is involved, so every evaluation of a run (and of any run with these sizes on this
+    text, whatever its seed or framework) sees the same windows.
+
+    Returns:
+        A list of n_batches (x, y) pairs of int64 arrays (batch_size, block_size), y shifted one after x.
+    """
+    T, count = block_size, n_batches * batch_size
+    if len(tokens) < T + 1:
+        raise DataError(f"{len(tokens)} tokens are too few for block_size {block_size}")
+    starts = np.linspace(0, len(tokens) - T - 1, count).round().astype(np.int64)  # (count,)
+    windows = np.asarray(tokens[starts[:, None] + np.arange(T + 1)], dtype=np.int64)  # (count, T + 1)
+    windows = windows.reshape(n_batches, batch_size, T + 1)
+    return [(w[:, :-1], w[:, 1:]) for w in windows]

@@ -6,7 +6,7 @@ meanings; `--help` lists them. They are the fields of TrainConfig (train_config.
 builds once and passes on. The loop below is nanoGPT's train.py, kept in one readable piece:
 
     every eval_interval: estimate train/val loss, save out_dir/ckpt_latest (and ckpt_best when val improves)
-    every iteration:     lr schedule, batch, forward, backward, clip, AdamW step (`train_step`)
+    every iteration:     lr schedule, batch, forward, backward, clip, optimizer step (`train_step`)
     every log_interval:  a line in out_dir/metrics.jsonl
 
 Each evaluation also reports `val_bpb`, the validation loss in bits per UTF-8 byte of the validation
@@ -41,6 +41,7 @@ from tinygrad_gpt.data import (
     Corpus,
     Tokenizer,
     build_dataset,
+    fixed_windows,
     load_corpus,
     text_bytes,
     tokenizer_kind,
@@ -48,7 +49,7 @@ from tinygrad_gpt.data import (
 from tinygrad_gpt.distributed import DistributedError, World, get_world
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
-from tinygrad_gpt.optim import Optimizer, cosine_lr
+from tinygrad_gpt.optim import AdamW, MultiOptimizer, Muon, Optimizer, cosine_lr, wsd_lr
 from tinygrad_gpt.parallel import (
     DataParallel,
     Discard,
@@ -71,6 +72,7 @@ EXAMPLES = """examples:
   python -m tinygrad_gpt.train --tokenizer bpe --vocab_size 2048 --out_dir out-bpe   # train a BPE first
   python -m tinygrad_gpt.train --init_from path/to/gpt2 --data my_text.txt --out_dir out-gpt2 --batch_size 1
   python -m tinygrad_gpt.train --config run.toml --max_iters=500   # flags override the file
+  python -m tinygrad_gpt.train --config configs/speedrun_char.toml --data shakespeare   # docs/faster.md
   TINYGRAD_GPT_BACKEND=cupy python -m tinygrad_gpt.train --dtype float16   # GPU, mixed precision
   mpiexec -n 2 python -m tinygrad_gpt.train --gradient_accumulation_steps 4   # 2 processes, 2 micro-batches each
 """
@@ -82,10 +84,11 @@ class Run:
 
     config: TrainConfig
     model: GPT
-    optimizer: Optimizer  # AdamW, or ZeroAdamW with --zero 1
+    optimizer: Optimizer  # AdamW, ZeroAdamW (--zero 1) or MultiOptimizer: Muon and AdamW (--optimizer muon)
     precision: Precision  # float32, or float16 with float32 master weights and a loss scale
     tokenizer: Tokenizer  # CharTokenizer or BPETokenizer
-    batches: dict  # "train" (training batches), "eval_train", "eval_val": BatchSampler each
+    batches: dict  # "train": the BatchSampler of the training batches
+    eval_batches: dict  # "train", "val": the fixed (x, y) batches every evaluation uses
     corpus_name: str
     world: World  # the ranks (one without mpiexec); only rank 0 writes files and prints
     parallel: DataParallel  # this rank's micro-batches, the gradient averaging and the step's loss
@@ -94,6 +97,8 @@ class Run:
     best_val_loss: float | None = None
     last_saved_iter: int | None = None
     elapsed_before: float = 0.0  # training seconds spent before this process (resumed runs)
+    split_sizes: dict = dataclasses.field(default_factory=dict)  # tokens per split, for the first line printed
+    train_time: float = 0.0  # seconds spent in training steps, evaluations and saves excluded (resumes add on)
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -107,11 +112,26 @@ class Run:
 # ---------------------------------------------------------------- small helpers of the loop
 
 
-def get_lr(config: TrainConfig, it: int) -> float:
-    """The learning rate of iteration `it` (cosine schedule with warmup, or constant)."""
+def get_lr(config: TrainConfig, it: int, peak_lr: float | None = None) -> float:
+    """The learning rate of iteration `it` for a group whose peak rate is peak_lr (None: learning_rate).
+
+    The schedule (--lr_schedule cosine or wsd, with warmup; constant without --decay_lr) scaled to
+    the group's peak: its final rate is min_lr * peak_lr / learning_rate.
+    """
+    lr = config.learning_rate if peak_lr is None else peak_lr
     if not config.decay_lr:
-        return config.learning_rate
-    return cosine_lr(it, config.learning_rate, config.warmup_iters, config.lr_decay_iters, config.min_lr)
+        return lr
+    min_lr = config.min_lr if lr == config.learning_rate else config.min_lr * (lr / config.learning_rate)
+    if config.lr_schedule == "wsd":
+        return wsd_lr(it, lr, config.warmup_iters, config.lr_decay_iters, config.decay_frac, min_lr)
+    return cosine_lr(it, lr, config.warmup_iters, config.lr_decay_iters, min_lr)
+
+
+def set_learning_rates(run: Run) -> float:
+    """Set every group's rate for iteration run.iter_num from its own peak ("initial_lr"); returns AdamW's default."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = get_lr(run.config, run.iter_num, group["initial_lr"])
+    return get_lr(run.config, run.iter_num)
 
 
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
@@ -120,23 +140,25 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
 
 
 @no_grad()
-def estimate_loss(model: GPT, batches: dict, eval_iters: int) -> dict:
-    """Mean loss over `eval_iters` batches of each split, in eval mode (no dropout).
+def estimate_loss(model: GPT, eval_batches: dict) -> dict:
+    """Mean loss over the fixed evaluation batches of each split, in eval mode (no dropout).
 
+    Args:
+        eval_batches: {"train": [(x, y), ...], "val": [...]}, the same at every evaluation.
     Returns:
         {"train": float, "val": float}
     """
     model.eval()
     out = {}
     for split in ("train", "val"):
-        losses = [model(*batches[f"eval_{split}"].next_batch())[1].item() for _ in range(eval_iters)]
+        losses = [model(x, y)[1].item() for x, y in eval_batches[split]]
         out[split] = sum(losses) / len(losses)
     model.train()
     return out
 
 
-def train_step(run: Run, lr: float, stop_requested: bool) -> tuple[float, bool]:
-    """One iteration at learning rate lr: G micro-batches (this rank's G/R), averaged gradients, clip, step.
+def train_step(run: Run, stop_requested: bool) -> tuple[float, bool]:
+    """One iteration at the rates set: G micro-batches (this rank's G/R), averaged gradients, clip, step.
 
     The same for float32 and float16 (run.precision): a float16 step whose gradients hold inf/NaN is
     skipped and the loss scale lowered.
@@ -144,8 +166,6 @@ def train_step(run: Run, lr: float, stop_requested: bool) -> tuple[float, bool]:
     Returns:
         (the mean loss of the G micro-batches, whether any rank was asked to stop), equal on every rank.
     """
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
     backend.start_gpu_stream(run.iter_num + 1)  # dropout on a GPU draws the same after a resume
     run.precision.zero_grad(run.optimizer)
     losses = run.parallel.forward_backward(run.model, run.precision, run.batches["train"], run.iter_num)
@@ -177,6 +197,7 @@ def save(run: Run, name: str) -> Path:
         "iter_num": run.iter_num,
         "best_val_loss": run.best_val_loss,
         "elapsed": run.elapsed(),
+        "train_time_s": run.train_time,
         "rng_state": backend.get_rng_state(),
         "sampler_states": {k: b.get_state() for k, b in run.batches.items()},
         **run.precision.state_dict(),  # float16: the loss scale
@@ -192,9 +213,10 @@ def save(run: Run, name: str) -> Path:
 
 def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
     """Estimate the losses, log them and save ckpt_latest (and ckpt_best when val improved); False on NaN/inf."""
-    losses = estimate_loss(run.model, run.batches, run.config.eval_iters)
-    bpb = bits_per_byte(losses["val"], len(run.batches["eval_val"].tokens), run.val_bytes)
-    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], val_bpb=bpb)
+    losses = estimate_loss(run.model, run.eval_batches)
+    bpb = bits_per_byte(losses["val"], run.split_sizes["val"], run.val_bytes)
+    metrics.write(iter=run.iter_num, train_loss=losses["train"], val_loss=losses["val"], val_bpb=bpb,
+                  train_time_s=run.train_time)  # fmt: skip
     if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
         return False
     improved = run.best_val_loss is None or losses["val"] < run.best_val_loss
@@ -233,12 +255,13 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state if resume else widen_vocab(ckpt.model_state, model))
     world = world or World()
-    groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
-    optimizer = make_optimizer(precision.param_groups(groups), config, world)
+    optimizer = build_optimizer(config, model, precision, world)
     parallel = DataParallel(world, config.gradient_accumulation_steps, config.seed, precision.params, optimizer)
-    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name, world,
-              parallel, val_bytes=text_bytes(tokenizer, splits["val"]))  # fmt: skip
+    batches, eval_batches = make_batches(config, splits)
+    run = Run(config, model, optimizer, precision, tokenizer, batches, eval_batches, corpus.name, world, parallel,
+              val_bytes=text_bytes(tokenizer, splits["val"]))  # fmt: skip
+    run.split_sizes = {split: len(tokens) for split, tokens in splits.items()}
     if resume:
         restore(run, ckpt)
     return run
@@ -266,14 +289,36 @@ def model_vocab_size(tokenizer: Tokenizer, ckpt: Checkpoint | None) -> int:
     return max(tokenizer.vocab_size, ckpt.meta["model_config"]["vocab_size"] if ckpt else 0)
 
 
-def make_batches(config: TrainConfig, splits: dict) -> dict:
-    """Separate sampler streams, so evaluating never shifts the training batches."""
+def build_optimizer(config: TrainConfig, model: GPT, precision: Precision, world: World) -> Optimizer:
+    """AdamW (ZeroAdamW with --zero 1), or with --optimizer muon: Muon for the hidden matrices, AdamW for the rest.
+
+    Every group carries its peak rate as "initial_lr" (torch's name), which the schedule scales.
+    """
+    betas = (config.beta1, config.beta2)
+    if config.optimizer == "adamw":
+        groups = [{**g, "initial_lr": config.learning_rate} for g in model.param_groups(config.weight_decay)]
+        return make_optimizer(precision.param_groups(groups), config, world)
+    peaks = {"qkv": config.muon_lr, "hidden": config.muon_lr, "embeddings": config.embedding_lr,
+             "head": config.head_lr, "scalars": config.scalar_lr}  # fmt: skip
+    muon_groups, adamw_groups = model.optimizer_groups()
+    muon_groups, adamw_groups = (
+        precision.param_groups([{**g, "initial_lr": peaks[g["name"]] or config.learning_rate} for g in groups])
+        for groups in (muon_groups, adamw_groups)
+    )
+    muon = Muon(muon_groups, lr=config.muon_lr, momentum=config.muon_momentum,
+                weight_decay=config.muon_weight_decay, ns_steps=config.ns_steps)  # fmt: skip
+    return MultiOptimizer([muon, AdamW(adamw_groups, lr=config.learning_rate, betas=betas)])
+
+
+def make_batches(config: TrainConfig, splits: dict) -> tuple[dict, dict]:
+    """The training batches' sampler, and the fixed evaluation batches (eval_iters of each split).
+
+    Returns:
+        ({"train": BatchSampler}, {"train": [(x, y), ...], "val": [...]})
+    """
     B, T, seed = config.batch_size, config.model.block_size, config.seed
-    return {
-        "train": BatchSampler(splits["train"], B, T, seed=[seed, 0]),
-        "eval_train": BatchSampler(splits["train"], B, T, seed=[seed, 1]),
-        "eval_val": BatchSampler(splits["val"], B, T, seed=[seed, 2]),
-    }
+    evals = {split: fixed_windows(splits[split], config.eval_iters, B, T) for split in ("train", "val")}
+    return {"train": BatchSampler(splits["train"], B, T, seed=[seed, 0])}, evals
 
 
 def widen_vocab(state: dict, model: GPT) -> dict:
@@ -292,14 +337,15 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
     """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses, loss scale and every generator."""
     if ckpt.optim_state is None:
         raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
+    hypers = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
     run.optimizer.load_state_dict(ckpt.optim_state)
-    for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
-        group["betas"] = (run.config.beta1, run.config.beta2)
-    run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
+    for group, hyper in zip(run.optimizer.param_groups, hypers):  # the run's settings (flags given now win)
+        group.update(hyper)
     try:
         meta = ckpt.meta
         run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
         run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
+        run.train_time = float(meta.get("train_time_s", 0.0))
         backend.set_rng_state(meta["rng_state"])
         for name, batches in run.batches.items():
             batches.set_state(meta["sampler_states"][name])
@@ -328,8 +374,10 @@ def train(run: Run) -> int:
         run.model.train()
         speed = Throughput(tokens_per_iter=tokens_per_iter(config))
         while run.iter_num < config.max_iters and not stopping:
-            lr = get_lr(config, run.iter_num)
-            loss, stopping = train_step(run, lr, stop.requested)
+            lr = set_learning_rates(run)
+            started = time.perf_counter()
+            loss, stopping = train_step(run, stop.requested)
+            run.train_time += time.perf_counter() - started
             if not math.isfinite(loss):  # nothing is saved from here, so the step's weights are dropped
                 return diverged(run, progress, f"loss is {loss} at iteration {run.iter_num + 1}")
             run.iter_num += 1
@@ -358,7 +406,7 @@ def tokens_per_iter(config: TrainConfig) -> int:
 
 
 def announce(run: Run, device: str, resumed_at: int | None) -> None:
-    n_train, n_val = len(run.batches["train"].tokens), len(run.batches["eval_val"].tokens)
+    n_train, n_val = run.split_sizes["train"], run.split_sizes["val"]
     print(
         f"{run.model.num_parameters():,} parameters, vocabulary of {vocabulary(run.tokenizer)}, "
         f"{run.corpus_name}: {n_train:,} train / {n_val:,} val tokens; device {device}, {run.config.dtype}",
@@ -458,7 +506,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     if config.eval_only:
-        losses = estimate_loss(run.model, run.batches, config.eval_iters)
+        losses = estimate_loss(run.model, run.eval_batches)
         if world.is_main:
             print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return 0

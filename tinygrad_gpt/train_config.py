@@ -77,8 +77,29 @@ class TrainConfig:
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.99, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradients' total norm to this (0: no clipping)")
-    # learning-rate schedule
-    decay_lr: bool = option(True, "linear warmup then cosine decay; False keeps learning_rate constant")
+    # Muon (--optimizer muon)
+    optimizer: str = option(
+        "adamw",
+        "adamw: AdamW for every parameter; muon: Muon for the blocks' hidden matrices and AdamW (beta1, beta2, "
+        "no weight decay) for the embeddings, the head, gains and biases (GPT.optimizer_groups)",
+        choices=("adamw", "muon"),
+    )
+    muon_lr: float = option(0.02, "--optimizer muon: Muon's peak learning rate (the hidden matrices)")
+    muon_momentum: float = option(0.95, "--optimizer muon: Muon's (Nesterov) momentum")
+    muon_weight_decay: float = option(0.0, "--optimizer muon: Muon's decoupled weight decay")
+    ns_steps: int = option(5, "--optimizer muon: Newton-Schulz iterations per Muon step")
+    embedding_lr: float | None = option(None, "--optimizer muon: peak rate of the embeddings (None: learning_rate)")
+    head_lr: float | None = option(None, "--optimizer muon: peak rate of the untied head (None: learning_rate)")
+    scalar_lr: float | None = option(None, "--optimizer muon: peak rate of gains and biases (None: learning_rate)")
+    # learning-rate schedule (it scales every group's own peak rate; min_lr scales along)
+    decay_lr: bool = option(True, "linear warmup then the lr_schedule's decay; False keeps every rate constant")
+    lr_schedule: str = option(
+        "cosine",
+        "cosine: warmup, cosine decay to min_lr (nanoGPT); wsd: warmup, constant, then a linear decay to min_lr "
+        "over the last decay_frac of lr_decay_iters (the NanoGPT speedrun's)",
+        choices=("cosine", "wsd"),
+    )
+    decay_frac: float = option(0.2, "--lr_schedule wsd: the fraction of lr_decay_iters spent decaying")
     warmup_iters: int | None = option(None, "warmup iterations (None: min(100, max_iters // 10))")
     lr_decay_iters: int | None = option(None, "iteration where the decay reaches min_lr (None: max_iters)")
     min_lr: float | None = option(None, "learning rate at the end of the decay (None: learning_rate / 10)")
@@ -119,12 +140,22 @@ class TrainConfig:
             ("grad_clip", self.grad_clip >= 0, "must be >= 0"),
             ("warmup_iters", self.warmup_iters is None or self.warmup_iters >= 0, "must be >= 0"),
             ("min_lr", self.min_lr is None or self.min_lr >= 0, "must be >= 0"),
+            ("muon_lr", math.isfinite(self.muon_lr) and self.muon_lr > 0, "must be positive"),
+            ("muon_momentum", 0 <= self.muon_momentum < 1, "must be in [0, 1)"),
+            ("muon_weight_decay", self.muon_weight_decay >= 0, "must be >= 0"),
+            ("ns_steps", self.ns_steps >= 1, "must be >= 1"),
+            ("embedding_lr", self.embedding_lr is None or self.embedding_lr > 0, "must be positive"),
+            ("head_lr", self.head_lr is None or self.head_lr > 0, "must be positive"),
+            ("scalar_lr", self.scalar_lr is None or self.scalar_lr > 0, "must be positive"),
+            ("decay_frac", 0 <= self.decay_frac <= 1, "must be in [0, 1]"),
         ]
         for name, ok, requirement in checks:
             if not ok:
                 raise UsageError(f"--{name} {requirement}, got {getattr(self, name)}")
         if self.zero and self.dtype != "float32":
             raise UsageError(f"--zero 1 works with --dtype float32 only, got --dtype {self.dtype}")
+        if self.zero and self.optimizer != "adamw":
+            raise UsageError(f"--zero 1 shards AdamW's moments, so it needs --optimizer adamw, got {self.optimizer}")
         if self.vocab_size is not None and self.tokenizer != "bpe":
             raise UsageError(f"--vocab_size is for --tokenizer bpe (a character vocabulary is the text's characters), "
                              f"got --vocab_size {self.vocab_size} with --tokenizer {self.tokenizer}")
@@ -138,9 +169,15 @@ class TrainConfig:
         """A copy with the None defaults of the schedule and a new BPE's size filled in (saved: a resume keeps them)."""
         lr_decay_iters = self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
         warmup = min(100, self.max_iters // 10) if self.warmup_iters is None else self.warmup_iters
+        warmup = min(warmup, lr_decay_iters)
+        if self.decay_lr and self.lr_schedule == "wsd" and warmup > lr_decay_iters * (1 - self.decay_frac):
+            raise UsageError(
+                f"--lr_schedule wsd: the warmup ({warmup} iterations) overlaps the decay over the last "
+                f"{self.decay_frac} of {lr_decay_iters} iterations; lower --warmup_iters or --decay_frac"
+            )
         return dataclasses.replace(
             self,
-            warmup_iters=min(warmup, lr_decay_iters),
+            warmup_iters=warmup,
             lr_decay_iters=lr_decay_iters,
             min_lr=self.learning_rate / 10 if self.min_lr is None else self.min_lr,
             vocab_size=DEFAULT_BPE_VOCAB if self.new_bpe and self.vocab_size is None else self.vocab_size,
