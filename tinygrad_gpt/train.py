@@ -29,13 +29,23 @@ from pathlib import Path
 from tinygrad_gpt import backend, gpu_kernels, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
-from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
-from tinygrad_gpt.data import BatchSampler, CharTokenizer, Corpus, build_dataset, load_corpus
+from tinygrad_gpt.cli import UsageError, flatten_config, one_line, parse_args, report_error
+from tinygrad_gpt.data import (
+    BatchSampler,
+    CharTokenizer,
+    Corpus,
+    DataError,
+    build_dataset,
+    load_corpus,
+    load_token_files,
+)
 from tinygrad_gpt.model import GPT
 from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
 from tinygrad_gpt.optim import AdamW, cosine_lr
+from tinygrad_gpt.runlock import RunLock
 from tinygrad_gpt.sample import default_prompt, sample_texts
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
+from tinygrad_gpt.validate import check_memory, training_memory
 
 PROG = "python -m tinygrad_gpt.train"
 EXAMPLES = """examples:
@@ -165,9 +175,13 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
 # ---------------------------------------------------------------- setting a run up
 
 
-def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
+def setup(config: TrainConfig, ckpt: Checkpoint | None, data_given: bool = True) -> Run:
     """Everything a run needs, checked before any checkpoint is written.
 
+    Args:
+        config: the run's settings (make_config).
+        ckpt: the checkpoint of --init_from, or None.
+        data_given: whether --data was given; a resume without it continues on out_dir's token files.
     Raises:
         UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
     """
@@ -179,7 +193,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
             f"{config.out_dir} already holds checkpoints of an earlier run; continue it with --init_from resume, "
             "pick another --out_dir, or pass --overwrite to replace them"
         )
-    corpus = load_corpus(config.data, config.cache_dir or None)
+    corpus = load_corpus(config.data, config.cache_dir or None) if data_given or not resume else None
     tokenizer, splits = prepare_data(config, corpus, ckpt)
     backend.manual_seed(config.seed)
     model = GPT(config.model_config(tokenizer.vocab_size))
@@ -188,16 +202,34 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None) -> Run:
     groups = model.param_groups(config.weight_decay)
     precision = make_precision(config.dtype, model)  # float16: keeps float32 masters, casts the model
     optimizer = AdamW(precision.param_groups(groups), lr=config.learning_rate, betas=(config.beta1, config.beta2))
-    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), corpus.name)
+    name = corpus.name if corpus is not None else f"the token files in {config.out_dir}"
+    run = Run(config, model, optimizer, precision, tokenizer, make_batches(config, splits), name)
     if resume:
         restore(run, ckpt)
     return run
 
 
-def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -> tuple[CharTokenizer, dict]:
-    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters) and the token splits."""
+def prepare_data(config: TrainConfig, corpus: Corpus | None, ckpt: Checkpoint | None) -> tuple[CharTokenizer, dict]:
+    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters) and the token splits.
+
+    A resume reads the text of --data, or without it (corpus None) the token files in out_dir, and
+    says so when --data differs from the text the checkpoint was trained on.
+    """
     tokenizer = CharTokenizer(ckpt.meta["vocab"]) if ckpt else None
-    fine_tune = ckpt is not None and config.init_from != "resume"
+    resume = config.init_from == "resume"
+    if resume and corpus is None:
+        try:
+            return tokenizer, load_token_files(config.out_dir, tokenizer)
+        except DataError as e:
+            recorded = ckpt.meta["train_config"].get("data")
+            raise UsageError(
+                f"--init_from resume without --data reads the token files in {config.out_dir}, but {e}; "
+                f"give the training text with --data (the checkpoint was trained on {recorded!r})"
+            ) from None
+    recorded = ckpt.meta["train_config"].get("data") if resume else None
+    if resume and recorded != config.data:
+        print(f"note: resuming on --data {config.data}; the checkpoint was trained on {recorded!r}", flush=True)
+    fine_tune = ckpt is not None and not resume
     new_tokenizer, splits = build_dataset(
         corpus, config.out_dir, config.model.block_size, tokenizer, allow_new_chars=fine_tune
     )
@@ -233,11 +265,11 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
     """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses, loss scale and every generator."""
     if ckpt.optim_state is None:
         raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
-    run.optimizer.load_state_dict(ckpt.optim_state)
-    for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
-        group["betas"] = (run.config.beta1, run.config.beta2)
-    run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
     try:
+        run.optimizer.load_state_dict(ckpt.optim_state)
+        for group in run.optimizer.param_groups:  # flags given now win over the saved hyperparameters
+            group["betas"] = (run.config.beta1, run.config.beta2)
+        run.optimizer.param_groups[0]["weight_decay"] = run.config.weight_decay
         meta = ckpt.meta
         run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
         run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
@@ -245,8 +277,8 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
         for name, batches in run.batches.items():
             batches.set_state(meta["sampler_states"][name])
         run.precision.load_state_dict(meta)  # a float32 checkpoint resumed in float16 starts a fresh scale
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise CheckpointError(f"{ckpt.path} is incomplete or corrupted ({one_line(repr(e))[:200]})") from None
 
 
 # ---------------------------------------------------------------- the training loop
@@ -343,19 +375,40 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
 
 
 def main(argv=None) -> int:
-    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input)."""
+    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status.
+
+    Exit status: 0 done (or stopped by Ctrl-C or a closed stdout, after saving), 2 bad input (one line on
+    stderr, nothing in out_dir changed), 1 a failure while running (a full disk, no memory, a NaN loss;
+    the last good checkpoint stays), 130 a second Ctrl-C.
+    """
     try:
         values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
-        ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
-        config = make_config(values, given, ckpt)
-        run = setup(config, ckpt)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0
     except (UsageError, ValueError, OSError) as e:
         return report_error(PROG, e)
+    lock = RunLock(values["out_dir"])
+    try:
+        lock.acquire(create=values["init_from"] != "resume")  # resuming a missing out_dir: reported next
+        return start(values, given, lock)
+    except (UsageError, ValueError, OSError, MemoryError) as e:  # before training: bad input
+        return report_error(PROG, e)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
+    finally:
+        lock.release()
+
+
+def start(values: dict, given: set, lock: RunLock) -> int:
+    """Everything after the flags, under out_dir's lock: check, set up, then train (or evaluate)."""
+    if lock.stale_pid:
+        print(f"note: took over {lock.path}, left by process {lock.stale_pid}, which is no longer running")
+    ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
+    config = make_config(values, given, ckpt)
+    vocab_size = len(ckpt.meta["vocab"]) if ckpt else 1  # before reading the text: a lower bound
+    check_memory(config, given, lambda c: training_memory(c.model_config(vocab_size), c.batch_size, c.dtype))
+    run = setup(config, ckpt, data_given="data" in given)
     if config.eval_only:
         losses = estimate_loss(run.model, run.batches, config.eval_iters)
         print(f"iter {run.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -367,6 +420,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the checkpoints on disk are complete
         print(f"\n{PROG}: interrupted twice; stopped without saving", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as e:  # a full disk, no memory: the checkpoints on disk are the last good ones
+        kept = f"the last good checkpoint is iteration {run.last_saved_iter}" if run.last_saved_iter is not None \
+            else "no checkpoint was saved"  # fmt: skip
+        what = "out of memory" if isinstance(e, MemoryError) else (e.strerror or str(e))
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        report_error(PROG, f"training stopped at iteration {run.iter_num}: {what}{where}; {kept}")
+        return 1
 
 
 if __name__ == "__main__":
