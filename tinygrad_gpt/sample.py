@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
-from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
+from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, read_limited, report_error
 from tinygrad_gpt.data import CharTokenizer, format_chars
 from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
+from tinygrad_gpt.monitor import silence_stdout
+from tinygrad_gpt.validate import PROMPT_FILE_LIMIT, check_memory, check_meta, check_weights, sampling_memory
 
 PROG = "python -m tinygrad_gpt.sample"
 SEPARATOR = "---------------"
@@ -73,33 +75,40 @@ def sample_texts(
     return [tokenizer.decode(row)[start:] for row in out]
 
 
-def load_model(out_dir: str, which: str) -> tuple[GPT, CharTokenizer, Path]:
-    """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode."""
+def load_model(out_dir: str, which: str, config: SampleConfig | None = None, given: set = frozenset()):
+    """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode.
+
+    meta.json is checked before the weights are read, the weights (sizes, finite values) and the
+    memory sampling needs before the model is built.
+
+    Returns:
+        (model, tokenizer, checkpoint path)
+    """
     other = "latest" if which == "best" else "best"
-    ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}")), with_optimizer=False)
-    try:
-        tokenizer = CharTokenizer(ckpt.meta["vocab"])
-        model = GPT(GPTConfig(**ckpt.meta["model_config"]))
-    except (KeyError, TypeError) as e:
-        raise UsageError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    path = find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}"))
+    ckpt = load_checkpoint(path, with_optimizer=False, check_meta=check_meta)
+    model_config = GPTConfig(**ckpt.meta["model_config"])
+    check_weights(ckpt, model_config)
+    if config is not None:
+        check_memory(config, given, lambda c: sampling_memory(model_config, c.num_samples))
+    tokenizer = CharTokenizer(ckpt.meta["vocab"])
+    model = GPT(model_config)
     model.load_state_dict(ckpt.model_state)
     model.eval()
     return model, tokenizer, ckpt.path
 
 
 def read_prompt(prompt: str) -> str:
-    """The prompt text: `prompt` itself, or the content of the file after 'FILE:'."""
+    """The prompt text: `prompt` itself, or the content of the file after 'FILE:' (at most 1 MiB)."""
     if not prompt.startswith("FILE:"):
         return prompt
     path = Path(prompt[len("FILE:") :]).expanduser()
+    if not path.exists():
+        raise UsageError(f"prompt file {path} does not exist")
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"prompt file {path} does not exist") from None
+        return read_limited(path, PROMPT_FILE_LIMIT, "prompt file").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UsageError(f"cannot read prompt file {path}: {e.strerror or e}") from None
 
 
 def print_samples(texts: list[str]) -> None:
@@ -128,14 +137,17 @@ def interactive(config: SampleConfig, model: GPT, tokenizer: CharTokenizer) -> N
 
 
 def main(argv=None) -> int:
-    """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input)."""
+    """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input).
+
+    A closed stdout (`... | head`) ends it quietly with status 0, as it does other Unix tools.
+    """
     try:
-        values, _ = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
+        values, given = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
         config = build_config(SampleConfig, values)
         if config.seed is None:
             config.seed = secrets.randbits(32)  # a fresh sample each run
         prompt = read_prompt(config.prompt)
-        model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
+        model, tokenizer, path = load_model(config.out_dir, config.checkpoint, config, given)
         if not config.interactive:
             encode_prompt(tokenizer, prompt)  # unknown characters are reported before anything else
         print(f"loaded {path} ({model.num_parameters():,} parameters)", file=sys.stderr, flush=True)
@@ -144,13 +156,19 @@ def main(argv=None) -> int:
             return 0
         texts = sample_texts(model, tokenizer, prompt, config.num_samples, config.max_new_tokens,
                              config.temperature, config.top_k, config.top_p, config.seed)  # fmt: skip
+        print_samples(texts)
     except SystemExit as e:
         return e.code or 0
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
     except (UsageError, ValueError, OSError) as e:
         return report_error(PROG, e)
+    except MemoryError:
+        report_error(PROG, "out of memory; try a smaller --num_samples")
+        return 1
     except KeyboardInterrupt:
         return 130
-    print_samples(texts)
     return 0
 
 

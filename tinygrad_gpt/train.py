@@ -40,7 +40,7 @@ from tinygrad_gpt.data import (
     load_token_files,
 )
 from tinygrad_gpt.model import GPT
-from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
+from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses, silence_stdout
 from tinygrad_gpt.optim import AdamW, cosine_lr
 from tinygrad_gpt.runlock import RunLock
 from tinygrad_gpt.sample import default_prompt, sample_texts
@@ -313,11 +313,12 @@ def train(run: Run) -> int:
             save(run, "ckpt_latest")
     progress.close()
     if stop.requested:
-        print(
-            f"interrupted: saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}; "
-            f"continue with --init_from resume --out_dir {run.out_dir}",
-            flush=True,
-        )
+        saved = f"saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}"
+        resume = f"continue with --init_from resume --out_dir {run.out_dir}"
+        if stop.stdout_closed:  # `train | head`: stop quietly, with one line on stderr about the saved state
+            print(f"{PROG}: stdout was closed, so training stopped: {saved}; {resume}", file=sys.stderr, flush=True)
+        else:
+            print(f"interrupted: {saved}; {resume}", flush=True)
         return 0
     finish(run, time.perf_counter() - run.started, device, resumed_at)
     return 0
@@ -391,6 +392,9 @@ def main(argv=None) -> int:
     try:
         lock.acquire(create=values["init_from"] != "resume")  # resuming a missing out_dir: reported next
         return start(values, given, lock)
+    except BrokenPipeError:  # stdout closed (`train | head`) outside the loop: nothing unsaved is lost
+        silence_stdout()
+        return 0
     except (UsageError, ValueError, OSError, MemoryError) as e:  # before training: bad input
         return report_error(PROG, e)
     except KeyboardInterrupt:
@@ -420,6 +424,8 @@ def start(values: dict, given: set, lock: RunLock) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the checkpoints on disk are complete
         print(f"\n{PROG}: interrupted twice; stopped without saving", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except (OSError, MemoryError) as e:  # a full disk, no memory: the checkpoints on disk are the last good ones
         kept = f"the last good checkpoint is iteration {run.last_saved_iter}" if run.last_saved_iter is not None \
             else "no checkpoint was saved"  # fmt: skip

@@ -17,8 +17,7 @@ import dataclasses
 import math
 import os
 
-import numpy as np
-
+from tinygrad_gpt import backend
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError
 from tinygrad_gpt.cli import UsageError, build_config, check_value, flags_of, flatten_config, format_bytes
 from tinygrad_gpt.model import GPTConfig
@@ -125,7 +124,7 @@ def check_weights(ckpt: Checkpoint, config: GPTConfig) -> None:
         CheckpointError naming model.safetensors and the tensor (or the sizes that disagree).
     """
     source = ckpt.path / "model.safetensors"
-    held = sum(int(np.prod(a.shape)) for a in ckpt.model_state.values())
+    held = sum(math.prod(a.shape) for a in ckpt.model_state.values())
     needed = param_count(config)
     if held != needed:
         sizes = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items() if isinstance(v, int))
@@ -134,7 +133,7 @@ def check_weights(ckpt: Checkpoint, config: GPTConfig) -> None:
             "the checkpoint is corrupted"
         )
     for name, array in ckpt.model_state.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if array.dtype.kind == "f" and not backend.get_array_module(array).isfinite(array).all():
             raise CheckpointError(f"{source}: tensor {name!r} holds NaN or infinite values (a diverged run?)")
 
 
