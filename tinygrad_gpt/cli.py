@@ -135,14 +135,20 @@ def read_limited(path, limit: int, what: str, error=UsageError) -> bytes:
 
     Reads at most limit + 1 bytes, so /dev/zero or a huge file costs no more than the limit.
     """
+    chunks, size = [], 0
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            while size <= limit:  # in pieces: read(limit + 1) would allocate the whole limit up front
+                chunk = f.read(min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
-    if len(data) > limit:
+    if size > limit:
         raise error(f"{what} {path} is larger than the limit of {format_bytes(limit)}")
-    return data
+    return b"".join(chunks)
 
 
 def one_line(message) -> str:

@@ -18,6 +18,7 @@ the library's generator (dropout). `--init_from DIR` fine-tunes the checkpoint i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -293,7 +294,7 @@ def train(run: Run) -> int:
     announce(run, device, resumed_at)
     run.started = time.perf_counter()
     progress = Progress(config.max_iters, run.iter_num, device)
-    with StopRequest() as stop:
+    with StopRequest() as stop, contextlib.closing(progress):  # the bar ends before any error line
         if run.iter_num == 0 and not evaluate(run, metrics, progress):
             return diverged(run, progress, "the initial loss is not finite")
         run.model.train()
@@ -311,7 +312,6 @@ def train(run: Run) -> int:
                 speed.restart()
         if stop.requested and run.last_saved_iter != run.iter_num:
             save(run, "ckpt_latest")
-    progress.close()
     if stop.requested:
         saved = f"saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}"
         resume = f"continue with --init_from resume --out_dir {run.out_dir}"
