@@ -26,7 +26,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_cli import CORPUS, TINY, snapshot
 
@@ -35,7 +35,12 @@ from tinygrad_gpt.cli import flags_of
 from tinygrad_gpt.train_config import TrainConfig
 
 pytestmark = pytest.mark.slow
-FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def fuzz(max_examples: int) -> settings:
+    return settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck))
+
+
 MEMORY_LIMIT = 64 << 20  # $TINYGRAD_GPT_MAX_MEMORY in the fuzzed runs
 PEAK_BOUND = 512 << 20  # tracemalloc's peak in-process: the estimate is a lower bound, so some slack
 RSS_BOUND = 1536 << 20  # a child's peak RSS: Python, NumPy and numba's compiler included
@@ -74,6 +79,7 @@ def run_bounded(main, argv: list, capsys) -> tuple[int, str]:
     finally:
         tracemalloc.stop()
     err = capsys.readouterr().err
+    event(f"{main.__module__} exit {code}")  # pytest --hypothesis-show-statistics shows the mix
     assert code in (0, 1, 2), (code, argv)
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if ": error:" in line]
@@ -132,8 +138,7 @@ def damage_safetensors(path: Path, data) -> None:
     path.write_bytes(bytes(raw))
 
 
-@FUZZ
-@settings(max_examples=40)
+@fuzz(40)
 @given(data=st.data())
 def test_damaged_checkpoints_are_refused_or_used_never_a_crash(good_run, low_memory_limit, capsys, data):
     before = snapshot(good_run / "out")
@@ -206,8 +211,7 @@ def config_files(draw, root: Path) -> Path:
     return path
 
 
-@FUZZ
-@settings(max_examples=40)
+@fuzz(40)
 @given(data=st.data())
 def test_random_flags_and_config_files_never_crash(good_run, low_memory_limit, capsys, data):
     before = snapshot(good_run / "out")
@@ -223,8 +227,7 @@ def test_random_flags_and_config_files_never_crash(good_run, low_memory_limit, c
     assert snapshot(good_run / "out") == before
 
 
-@FUZZ
-@settings(max_examples=6)
+@fuzz(6)
 @given(data=st.data())
 def test_random_command_lines_in_a_child_process_stay_in_bounds(good_run, data):
     """The same inputs through the real command: exit status, stderr and the child's peak memory."""

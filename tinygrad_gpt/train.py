@@ -395,8 +395,11 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # stdout closed (`train | head`) outside the loop: nothing unsaved is lost
         silence_stdout()
         return 0
-    except (UsageError, ValueError, OSError, MemoryError) as e:  # before training: bad input
+    except (UsageError, ValueError, OSError) as e:  # before training: bad input
         return report_error(PROG, e)
+    except MemoryError:  # sizes that passed the memory estimate (a lower bound) but not the machine
+        report_error(PROG, "out of memory while setting the run up; use smaller sizes (--batch_size, --n_embd, ...)")
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
