@@ -49,7 +49,7 @@ TIME_FLAGS = {"max_iters": 3, "eval_iters": 2, "max_new_tokens": 8}  # flags tha
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.text(max_size=6)
-    | st.integers(-(2**70), 2**70) | st.sampled_from([0, -1, 1, 2, 4096, 2**31, 2**63, 10**30])
+    | st.integers(-(2**70), 2**70) | st.sampled_from([0, -1, 1, 2, 4096, 2**31, 2**63, 10**30, 10**400])
     | st.floats(allow_nan=True, allow_infinity=True),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=6,

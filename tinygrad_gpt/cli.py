@@ -123,6 +123,8 @@ def flatten_config(config) -> dict:
 
 def format_bytes(n: float) -> str:
     """A size for messages: '512 bytes', '1.0 MiB', '7.3 TiB'."""
+    if n >= 1 << 70:  # beyond any machine (and beyond float's range for some ints)
+        return "over 1,000,000 PiB"
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if n < 1024 or unit == "PiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -217,9 +219,13 @@ def check_value(key: str, value, base: type, optional: bool, source: str):
     if value is None and optional:
         return None
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise UsageError(f"{source}: {key} must be a finite number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise UsageError(f"{source}: {key} must be a finite number, got {value!r:.40}")
+        return number
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
     shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."

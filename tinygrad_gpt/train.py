@@ -427,15 +427,21 @@ def start(values: dict, given: set, lock: RunLock) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the checkpoints on disk are complete
         print(f"\n{PROG}: interrupted twice; stopped without saving", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # stdout closed after the loop: main ends quietly
         raise
-    except (OSError, MemoryError) as e:  # a full disk, no memory: the checkpoints on disk are the last good ones
-        kept = f"the last good checkpoint is iteration {run.last_saved_iter}" if run.last_saved_iter is not None \
-            else "no checkpoint was saved"  # fmt: skip
-        what = "out of memory" if isinstance(e, MemoryError) else (e.strerror or str(e))
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        report_error(PROG, f"training stopped at iteration {run.iter_num}: {what}{where}; {kept}")
-        return 1
+    except (OSError, MemoryError) as e:
+        return failed(run, e)
+
+
+def failed(run: Run, error: OSError | MemoryError) -> int:
+    """A full disk (or no memory) while training: one line and exit status 1; the checkpoints on disk stay."""
+    kept = "no checkpoint was saved"
+    if run.last_saved_iter is not None:
+        kept = f"the last good checkpoint is iteration {run.last_saved_iter}"
+    what = "out of memory" if isinstance(error, MemoryError) else (error.strerror or str(error))
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    report_error(PROG, f"training stopped at iteration {run.iter_num}: {what}{where}; {kept}")
+    return 1
 
 
 if __name__ == "__main__":
