@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_cli import CORPUS, SAMPLE_ERROR, TINY, TRAIN_ERROR, one_error_line, run, snapshot, start
 
 from tinygrad_gpt import Tensor, checkpoint, safetensors, sample, train
@@ -411,3 +413,17 @@ def test_empty_reductions_follow_numpy():
     np.testing.assert_array_equal(Tensor(np.zeros((3, 0))).mean(axis=1).numpy(), [np.nan] * 3)
     with pytest.raises(ValueError, match="empty"):
         Tensor([]).max()
+
+
+@given(
+    n_layer=st.integers(1, 2), n_head=st.integers(1, 2), head_size=st.integers(1, 3), vocab_size=st.integers(1, 5),
+    block_size=st.integers(1, 4), bias=st.booleans(), norm=st.sampled_from(["pre", "post"]),
+    pos_encoding=st.sampled_from(["learned", "sinusoidal"]), tie_weights=st.booleans(),
+)  # fmt: skip
+def test_param_count_is_the_models_without_building_it(n_layer, n_head, head_size, **kwargs):
+    """What lets meta.json's sizes be checked against the weights before the model is allocated."""
+    from tinygrad_gpt.model import GPT, GPTConfig
+    from tinygrad_gpt.validate import param_count
+
+    config = GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_head * head_size, **kwargs)
+    assert param_count(config) == sum(p.size for p in GPT(config).parameters())

@@ -7,8 +7,9 @@ Everything here runs before anything is allocated from the input or written to o
 - `param_count(config)`: a GPT's parameter count from its GPTConfig, without building it, so a
   meta.json that claims sizes its weights do not have is refused before the model is allocated.
 - `check_weights(ckpt, config)`: the weights match model_config's size and hold no NaN or inf.
-- `check_memory(parts, ...)`: a rough lower bound of a run's memory against the machine's, with
-  the flag to lower (`$TINYGRAD_GPT_MAX_MEMORY` in bytes sets another limit).
+- `check_memory(config, given, parts_of)`: a rough lower bound of a run's memory (`training_memory`,
+  `sampling_memory`) against the machine's, naming the flag to lower (`$TINYGRAD_GPT_MAX_MEMORY`, in
+  bytes, sets a lower limit).
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ def _is_int(value) -> bool:
 
 
 def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); an int beyond float's range is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_section(values, config_cls, path, field: str, ignore_unknown: bool) -> None:
@@ -127,7 +134,7 @@ def check_weights(ckpt: Checkpoint, config: GPTConfig) -> None:
     held = sum(math.prod(a.shape) for a in ckpt.model_state.values())
     needed = param_count(config)
     if held != needed:
-        sizes = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items() if isinstance(v, int))
+        sizes = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(config).items() if _is_int(v))
         raise CheckpointError(
             f"{source} holds {held:,} weights but meta.json's model_config ({sizes}) needs {needed:,}; "
             "the checkpoint is corrupted"
