@@ -344,6 +344,7 @@ def test_nan_weights_are_refused_naming_the_tensor(copy_of, capsys):
         ("--weight_decay inf", "argument --weight_decay: must be a finite number"),
         ("--learning_rate nan", "argument --learning_rate: must be a finite number"),
         ("--grad_clip=-inf", "argument --grad_clip: must be a finite number"),
+        ("--max_new_tokens=--", "max_new_tokens must be int, got []"),  # argparse's quirk, found by the fuzzer
     ],
 )
 def test_absurd_sizes_and_non_finite_floats_are_refused_before_the_old_run_is_touched(copy_of, args, expected,

@@ -138,7 +138,7 @@ def damage_safetensors(path: Path, data) -> None:
     path.write_bytes(bytes(raw))
 
 
-@fuzz(40)
+@fuzz(80)
 @given(data=st.data())
 def test_damaged_checkpoints_are_refused_or_used_never_a_crash(good_run, low_memory_limit, capsys, data):
     before = snapshot(good_run / "out")
@@ -211,7 +211,7 @@ def config_files(draw, root: Path) -> Path:
     return path
 
 
-@fuzz(40)
+@fuzz(80)
 @given(data=st.data())
 def test_random_flags_and_config_files_never_crash(good_run, low_memory_limit, capsys, data):
     before = snapshot(good_run / "out")
@@ -227,7 +227,7 @@ def test_random_flags_and_config_files_never_crash(good_run, low_memory_limit, c
     assert snapshot(good_run / "out") == before
 
 
-@fuzz(6)
+@fuzz(12)
 @given(data=st.data())
 def test_random_command_lines_in_a_child_process_stay_in_bounds(good_run, data):
     """The same inputs through the real command: exit status, stderr and the child's peak memory."""

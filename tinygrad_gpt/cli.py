@@ -317,8 +317,12 @@ def parse_args(config_cls, argv, prog: str, description: str, epilog: str | None
     """
     namespace = vars(build_parser(config_cls, prog, description, epilog).parse_args(argv))
     config_path = namespace.pop("config", None)
+    if not isinstance(config_path, (str, type(None))):  # argparse's `--config=--` gives a list
+        raise UsageError(f"argument --config: expected a file name, got {config_path!r}")
     given = load_config_file(config_path, config_cls) if config_path else {}
-    given.update(namespace)
+    flags = {flag.name: flag for flag in flags_of(config_cls)}
+    for key, value in namespace.items():  # argparse's own quirks (`--n_layer=--` gives []) end here too
+        given[key] = check_value(key, value, flags[key].base, flags[key].optional, source="command line")
     values = {flag.name: flag.default for flag in flags_of(config_cls)}
     values.update(given)
     return values, set(given)
