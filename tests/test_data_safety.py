@@ -389,6 +389,15 @@ def test_files_from_the_user_are_read_up_to_a_size_limit(good_run, tmp_path, mod
     assert peak < 16 << 20
 
 
+def test_interactive_lines_are_read_up_to_a_limit(good_run):
+    command = [sys.executable, "-m", "tinygrad_gpt.sample", "--out_dir", str(good_run), "--interactive"]
+    with open("/dev/zero") as zeros:  # one endless line
+        result = subprocess.run(command, stdin=zeros, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()  # "loaded ...", then the error
+    assert len(lines) == 2 and "longer than the limit of 1,048,576 characters" in lines[1]
+
+
 def test_training_text_over_the_limit_is_refused_naming_it(tmp_path, monkeypatch, capsys):
     from tinygrad_gpt import data
 

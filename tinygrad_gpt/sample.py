@@ -117,14 +117,23 @@ def print_samples(texts: list[str]) -> None:
         print(SEPARATOR, flush=True)
 
 
+def read_line() -> str | None:
+    """One prompt from stdin without its newline ('' or None at the end): at most 1 MiB, like a prompt file."""
+    if sys.stdin.isatty():
+        try:
+            return input("prompt> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline(PROMPT_FILE_LIMIT + 1)  # not input(): a line from /dev/zero never ends
+    if len(line) > PROMPT_FILE_LIMIT:
+        raise UsageError(f"a line on stdin is longer than the limit of {PROMPT_FILE_LIMIT:,} characters")
+    return line.removesuffix("\n")
+
+
 def interactive(config: SampleConfig, model: GPT, tokenizer: CharTokenizer) -> None:
     """Prompt loop on stdin: each line is continued; an empty line or EOF quits."""
-    marker = "prompt> " if sys.stdin.isatty() else ""
     while True:
-        try:
-            line = input(marker)
-        except EOFError:
-            break
+        line = read_line()
         if not line:
             break
         try:
