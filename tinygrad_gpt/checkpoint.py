@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt import backend, safetensors
+from tinygrad_gpt.cli import read_limited
 
 FORMAT = "tinygrad_gpt-checkpoint"
 VERSION = 1
 CHECKPOINT_NAMES = ("ckpt_best", "ckpt_latest")  # what `find_checkpoint` looks for, in this order
+META_LIMIT = 64 << 20  # bytes of meta.json (a large vocabulary and the generators' states fit many times over)
 
 
 class CheckpointError(ValueError):
@@ -170,6 +172,21 @@ def save_checkpoint(
     tmp, old = _siblings(ckpt_dir)
     _recover(ckpt_dir)
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_files(tmp, model_state, optim_state, meta, files)
+    except BaseException:  # e.g. a full disk: the old checkpoint stays, and no half-written copy fills the disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if ckpt_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        _rename(ckpt_dir, old)
+    _rename(tmp, ckpt_dir)  # between the two renames only `old` holds a checkpoint: loading finds it there
+    shutil.rmtree(old, ignore_errors=True)
+    return ckpt_dir
+
+
+def _write_files(tmp: Path, model_state: dict, optim_state: dict | None, meta: dict, files: dict | None) -> None:
+    """The checkpoint's files in the new directory `tmp`, each fsynced, and the directory itself."""
     tmp.mkdir()
     model_bytes = safetensors.serialize(model_state, metadata={"format": "pt"})  # "pt": what transformers expects
     _write_synced(tmp / "model.safetensors", model_bytes)
@@ -182,12 +199,6 @@ def save_checkpoint(
     meta = {"format": FORMAT, "version": VERSION, **meta}
     _write_synced(tmp / "meta.json", json.dumps(meta, indent=1).encode("utf-8"))
     fsync_dir(tmp)
-    if ckpt_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        _rename(ckpt_dir, old)
-    _rename(tmp, ckpt_dir)  # between the two renames only `old` holds a checkpoint: loading finds it there
-    shutil.rmtree(old, ignore_errors=True)
-    return ckpt_dir
 
 
 def is_checkpoint(path) -> bool:
@@ -220,34 +231,40 @@ def find_checkpoint(path, prefer: tuple = CHECKPOINT_NAMES) -> Path:
     raise CheckpointError(f"no checkpoint in {path} (looked for {' and '.join(prefer)}); train one first")
 
 
-def load_checkpoint(ckpt_dir, with_optimizer: bool = True) -> Checkpoint:
+def load_checkpoint(ckpt_dir, with_optimizer: bool = True, check_meta=None) -> Checkpoint:
     """Read a checkpoint directory written by `save_checkpoint`.
 
     Args:
         ckpt_dir: the checkpoint directory.
         with_optimizer: also read optim.safetensors (skip it for sampling).
+        check_meta: called as check_meta(meta, path of meta.json) before the weights are read; raises
+            CheckpointError for a meta.json that does not fit (see validate.check_meta).
     Raises:
-        CheckpointError: missing or unreadable meta.json, or a truncated/corrupted safetensors file.
+        CheckpointError: missing, oversized or unreadable meta.json, or a truncated/corrupted safetensors file.
     """
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / "meta.json").is_file() and is_checkpoint(ckpt_dir):
         ckpt_dir = _siblings(ckpt_dir)[1]  # a save was interrupted between its two renames
+    meta_path = ckpt_dir / "meta.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a checkpoint (no meta.json)")
+    raw = read_limited(meta_path, META_LIMIT, "checkpoint file", error=CheckpointError)
     try:
-        meta = json.loads((ckpt_dir / "meta.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{ckpt_dir} is not a checkpoint (no meta.json)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt_dir / 'meta.json'} is unreadable: {e}") from None
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{meta_path} is unreadable: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{ckpt_dir / 'meta.json'} is not a tinygrad_gpt checkpoint")
+        raise CheckpointError(f"{meta_path} is not a tinygrad_gpt checkpoint")
+    if check_meta is not None:
+        check_meta(meta, meta_path)
     model_state = _load_tensors(ckpt_dir / "model.safetensors")
     optim_state = None
     if with_optimizer and (ckpt_dir / "optim.safetensors").exists():
         tensors, metadata = _load_tensors(ckpt_dir / "optim.safetensors", with_metadata=True)
         try:
             optim_state = unflatten_state(tensors, json.loads(metadata["state"]))
-        except (KeyError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{ckpt_dir / 'optim.safetensors'}: corrupted optimizer metadata ({e})") from None
+        except (KeyError, TypeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+            raise CheckpointError(f"{ckpt_dir / 'optim.safetensors'}: corrupted optimizer metadata ({e!r})") from None
     return Checkpoint(ckpt_dir, model_state, optim_state, meta)
 
 

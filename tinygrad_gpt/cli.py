@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import types
 import typing
 from pathlib import Path
 
+CONFIG_FILE_LIMIT = 1 << 20  # bytes of a --config file
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
@@ -29,9 +31,14 @@ class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr with exit status 2."""
 
 
-def option(default, help: str, choices: tuple | None = None):
-    """A dataclass field with a help text (and optional choices) for the generated flag."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices: tuple | None = None, command_line_only: bool = False):
+    """A dataclass field with a help text (and optional choices) for the generated flag.
+
+    command_line_only: the value is about this command (a path, an action), so a resumed run takes it
+    from the command line (or the default), never from the checkpoint it resumes.
+    """
+    metadata = {"help": help, "choices": choices, "command_line_only": command_line_only}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def section(default_factory, help: str, skip: tuple = ()):
@@ -56,6 +63,7 @@ class Flag:
     help: str
     choices: tuple | None
     section: str | None  # the field of the config that holds it, or None for the config's own fields
+    command_line_only: bool = False  # see option()
 
 
 def flags_of(config_cls) -> list[Flag]:
@@ -77,7 +85,9 @@ def flags_of(config_cls) -> list[Flag]:
 
 def _flag(owner, f: dataclasses.Field, default, section: str | None) -> Flag:
     base, optional = _field_type(typing.get_type_hints(owner)[f.name])
-    return Flag(f.name, base, optional, default, f.metadata.get("help", ""), f.metadata.get("choices"), section)
+    meta = f.metadata
+    return Flag(f.name, base, optional, default, meta.get("help", ""), meta.get("choices"), section,
+                meta.get("command_line_only", False))  # fmt: skip
 
 
 def build_config(config_cls, values: dict):
@@ -109,6 +119,38 @@ def flatten_config(config) -> dict:
         flag.name: getattr(getattr(config, flag.section) if flag.section else config, flag.name)
         for flag in flags_of(type(config))
     }
+
+
+def format_bytes(n: float) -> str:
+    """A size for messages: '512 bytes', '1.0 MiB', '7.3 TiB'."""
+    if n >= 1 << 70:  # beyond any machine (and beyond float's range for some ints)
+        return "over 1,000,000 PiB"
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # unreachable
+
+
+def read_limited(path, limit: int, what: str, error=UsageError) -> bytes:
+    """The bytes of a file named by the user, or `error` when it is missing, unreadable or larger than `limit`.
+
+    Reads at most limit + 1 bytes, so /dev/zero or a huge file costs no more than the limit.
+    """
+    chunks, size = [], 0
+    try:
+        with open(path, "rb") as f:
+            while size <= limit:  # in pieces: read(limit + 1) would allocate the whole limit up front
+                chunk = f.read(min(1 << 20, limit + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if size > limit:
+        raise error(f"{what} {path} is larger than the limit of {format_bytes(limit)}")
+    return b"".join(chunks)
 
 
 def one_line(message) -> str:
@@ -149,8 +191,15 @@ def _field_type(tp) -> tuple[type, bool]:
     return tp, False
 
 
+def _parse_finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _converter(base: type, optional: bool):
-    parse = _parse_bool if base is bool else base
+    parse = {bool: _parse_bool, float: _parse_finite_float}.get(base, base)
 
     def convert(text: str):
         if optional and text.lower() in ("none", "null"):
@@ -161,15 +210,26 @@ def _converter(base: type, optional: bool):
     return convert
 
 
-def _check_value(key: str, value, base: type, optional: bool, source: str):
-    """A value read from a config file, checked against the field's type (ints are fine for floats)."""
+def check_value(key: str, value, base: type, optional: bool, source: str):
+    """A value read from a file (config file, checkpoint), checked against the field's type; ints are fine for floats.
+
+    Raises:
+        UsageError naming the source and the key: a wrong type, or a float that is NaN or infinite.
+    """
     if value is None and optional:
         return None
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        if not math.isfinite(number):
+            raise UsageError(f"{source}: {key} must be a finite number, got {value!r:.40}")
+        return number
     if isinstance(value, base) and not (base is int and isinstance(value, bool)):
         return value
-    raise UsageError(f"{source}: {key} must be {base.__name__}, got {value!r}")
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    raise UsageError(f"{source}: {key} must be {base.__name__}, got {shown}")
 
 
 # ---------------------------------------------------------------- parser
@@ -212,10 +272,7 @@ def build_parser(config_cls, prog: str, description: str, epilog: str | None = N
 def load_config_file(path: str, config_cls) -> dict:
     """The keys of a TOML or JSON config file, checked against the dataclass's fields and types."""
     path_obj = Path(path)
-    try:
-        raw = path_obj.read_bytes()
-    except OSError as e:
-        raise UsageError(f"cannot read config file {path}: {e.strerror or e}") from None
+    raw = read_limited(path, CONFIG_FILE_LIMIT, "config file")
     try:
         if path_obj.suffix.lower() == ".json":
             values = json.loads(raw.decode("utf-8"))
@@ -229,7 +286,7 @@ def load_config_file(path: str, config_cls) -> dict:
             values = tomllib.loads(raw.decode("utf-8"))
     except UsageError:
         raise
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # JSON/TOMLDecodeError are ValueErrors
         kind = "JSON" if path_obj.suffix.lower() == ".json" else "TOML"
         raise UsageError(f"config file {path} is not valid {kind}: {e}") from None
     if not isinstance(values, dict):
@@ -239,7 +296,7 @@ def load_config_file(path: str, config_cls) -> dict:
         if key not in flags:
             raise UsageError(f"{path}: unknown key {key!r}")
         flag = flags[key]
-        values[key] = _check_value(key, value, flag.base, flag.optional, source=str(path))
+        values[key] = check_value(key, value, flag.base, flag.optional, source=str(path))
         if flag.choices and values[key] not in flag.choices:
             raise UsageError(f"{path}: {key} must be one of {', '.join(map(repr, flag.choices))}, got {value!r}")
     return values
@@ -260,8 +317,12 @@ def parse_args(config_cls, argv, prog: str, description: str, epilog: str | None
     """
     namespace = vars(build_parser(config_cls, prog, description, epilog).parse_args(argv))
     config_path = namespace.pop("config", None)
+    if not isinstance(config_path, (str, type(None))):  # argparse's `--config=--` gives a list
+        raise UsageError(f"argument --config: expected a file name, got {config_path!r}")
     given = load_config_file(config_path, config_cls) if config_path else {}
-    given.update(namespace)
+    flags = {flag.name: flag for flag in flags_of(config_cls)}
+    for key, value in namespace.items():  # argparse's own quirks (`--n_layer=--` gives []) end here too
+        given[key] = check_value(key, value, flags[key].base, flags[key].optional, source="command line")
     values = {flag.name: flag.default for flag in flags_of(config_cls)}
     values.update(given)
     return values, set(given)

@@ -34,6 +34,7 @@ SHAKESPEARE_FILE = "tinyshakespeare.txt"
 DEFAULT_CORPUS = "pydoc"
 NAMED_CORPORA = ("pydoc", "shakespeare")
 VAL_FRACTION = 0.1
+DATA_LIMIT = 16 << 30  # bytes of training text (its tokens go to memory-mapped files, not RAM)
 _CHUNK = 1 << 20  # characters (or bytes) read at a time
 
 
@@ -117,6 +118,7 @@ def load_corpus(spec: str, cache_dir=None) -> Corpus:
         files = sorted(p for p in path.iterdir() if p.suffix == ".txt" and p.is_file())
         if not files:
             raise DataError(f"data directory {path} has no .txt files")
+        _check_size(files, f"data directory {path}")
         return Corpus(f"{path} ({len(files)} .txt files)", files=files)
     if not path.exists():
         raise DataError(
@@ -124,7 +126,14 @@ def load_corpus(spec: str, cache_dir=None) -> Corpus:
         )
     if not path.is_file():
         raise DataError(f"data path {path} is not a regular file or directory")
+    _check_size([path], f"data file {path}")
     return Corpus(str(path), files=[path])
+
+
+def _check_size(files: list, what: str) -> None:
+    total = sum(p.stat().st_size for p in files)
+    if total > DATA_LIMIT:
+        raise DataError(f"{what} holds {total:,} bytes, more than the limit of {DATA_LIMIT:,} bytes (16 GiB)")
 
 
 # ---------------------------------------------------------------- download
@@ -396,6 +405,32 @@ def build_dataset(
             raise DataError(f"{corpus.name} has characters not in the checkpoint's vocabulary: {format_chars(unknown)}")
         tokenizer = tokenizer.extended(chars)
     return tokenizer, prepare_tokens(corpus, out_dir, tokenizer, n_chars, block_size + 1)
+
+
+def load_token_files(out_dir, tokenizer: CharTokenizer) -> dict:
+    """The token files a run wrote into out_dir (train.bin, val.bin), checked against the vocabulary.
+
+    Returns:
+        {"train": memmap, "val": memmap} of dtype `tokenizer.dtype`.
+    Raises:
+        DataError: a file is missing, not a whole number of tokens, or holds an id outside the vocabulary.
+    """
+    splits, itemsize = {}, np.dtype(tokenizer.dtype).itemsize
+    for split in ("train", "val"):
+        path = Path(out_dir) / f"{split}.bin"
+        if not path.is_file():
+            raise DataError(f"{path} is missing")
+        size = path.stat().st_size
+        if size == 0 or size % itemsize:
+            raise DataError(f"{path} has {size} bytes, not a whole number of {itemsize}-byte tokens")
+        tokens = np.memmap(path, dtype=tokenizer.dtype, mode="r")
+        if int(tokens.max()) >= tokenizer.vocab_size:
+            raise DataError(
+                f"{path} holds token id {int(tokens.max())}, outside the checkpoint's vocabulary of "
+                f"{tokenizer.vocab_size} characters (it belongs to another run)"
+            )
+        splits[split] = tokens
+    return splits
 
 
 # ---------------------------------------------------------------- batches

@@ -4,7 +4,7 @@
   one logged after its checkpoint).
 - `Progress`: a tqdm bar with loss and tokens/s, or a plain line every log_interval without tqdm.
 - `Throughput`: tokens per second since it was last restarted.
-- `StopRequest`: Ctrl-C or SIGTERM asks the loop to save and stop after the current step.
+- `StopRequest`: Ctrl-C, SIGTERM or a closed stdout asks the loop to save and stop after the current step.
 - `plot_losses`: out_dir/loss.png from metrics.jsonl (needs matplotlib).
 """
 
@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -91,23 +93,71 @@ class Progress:
 
 
 class StopRequest:
-    """Ctrl-C (SIGINT) or SIGTERM asks the loop to save and stop after the current step; a second Ctrl-C aborts."""
+    """Asks the loop to save and stop after the current step: Ctrl-C (SIGINT), SIGTERM, or a closed stdout.
+
+    A second Ctrl-C aborts. While it is active, a write to a closed stdout (`train | head`) raises no
+    BrokenPipeError: stdout goes to /dev/null from then on, and `stdout_closed` is set.
+    """
 
     def __init__(self):
         self.requested = False
+        self.stdout_closed = False
 
     def __enter__(self):
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._stdout = sys.stdout
+        sys.stdout = _GuardedStdout(sys.stdout, self._stdout_broken)
         return self
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():
             signal.signal(s, handler)
+        sys.stdout = self._stdout
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+
+    def _stdout_broken(self) -> None:
+        silence_stdout(self._stdout)
+        self.requested = self.stdout_closed = True
+
+
+class _GuardedStdout:
+    """A text stream whose writes and flushes call `on_broken()` instead of raising BrokenPipeError."""
+
+    def __init__(self, stream, on_broken):
+        self._stream, self._on_broken = stream, on_broken
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._on_broken()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._on_broken()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def silence_stdout(stream=None) -> None:
+    """After a broken pipe: point stdout's file descriptor at /dev/null, so that later output (and the
+    flush at exit) goes nowhere instead of raising again, as Python's documentation recommends."""
+    stream = stream or sys.stdout
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured by a test)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def plot_losses(metrics_path: Path, png_path: Path) -> Path | None:

@@ -98,7 +98,7 @@ def _parse_header(buffer, source: str) -> tuple[dict, dict, int]:
         )
     try:
         header = json.loads(bytes(buffer[8 : 8 + n]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ValueError(f"{source}: corrupted safetensors header ({e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"{source}: corrupted safetensors header (not a JSON object)")
@@ -108,16 +108,21 @@ def _parse_header(buffer, source: str) -> tuple[dict, dict, int]:
     return header, metadata, 8 + n
 
 
+def _is_count(value) -> bool:
+    """A non-negative int, and not a bool (JSON's true would pass isinstance(value, int))."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_entry(name: str, entry, data_size: int, source: str) -> tuple[np.dtype, tuple, int, int]:
     """The dtype, shape and byte range of one header entry, after checking it is consistent."""
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
         raise ValueError(f"{source}: tensor {name!r} needs dtype, shape and data_offsets in the header")
     dtype_name, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype_name not in _DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
         raise ValueError(f"{source}: tensor {name!r} has unsupported dtype {dtype_name!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
         raise ValueError(f"{source}: tensor {name!r} has an invalid shape {shape!r}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise ValueError(f"{source}: tensor {name!r} has invalid data_offsets {offsets!r}")
     dtype = np.dtype(_DTYPES[dtype_name])
     begin, end = offsets
@@ -165,7 +170,7 @@ def deserialize(buffer, source: str = "<bytes>") -> tuple[dict, dict]:
 
 
 def load_file(path, with_metadata: bool = False):
-    """Read a safetensors file.
+    """Read a safetensors file: its header first, checked against the file's real size, then the data.
 
     Args:
         path: the file.
@@ -177,7 +182,20 @@ def load_file(path, with_metadata: bool = False):
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
-        buffer = bytearray(os.fstat(f.fileno()).st_size)
-        n_read = f.readinto(buffer)
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) == 8:
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise ValueError(
+                    f"{path}: header length {n} exceeds the file size {size} (truncated or not safetensors)"
+                )
+            head += f.read(n)
+        header, _, data_start = _parse_header(head, path)
+        for name, entry in header.items():  # every offset within the file before its data is read
+            _check_entry(name, entry, size - data_start, path)
+        buffer = bytearray(size)
+        buffer[: len(head)] = head
+        n_read = len(head) + f.readinto(memoryview(buffer)[len(head) :])
     tensors, metadata = deserialize(buffer[:n_read] if n_read != len(buffer) else buffer, source=path)
     return (tensors, metadata) if with_metadata else tensors

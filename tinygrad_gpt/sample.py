@@ -16,11 +16,13 @@ from pathlib import Path
 
 from tinygrad_gpt import backend
 from tinygrad_gpt.checkpoint import find_checkpoint, has_checkpoint, load_checkpoint
-from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, report_error
+from tinygrad_gpt.cli import UsageError, build_config, option, parse_args, read_limited, report_error
 from tinygrad_gpt.data import CharTokenizer, Tokenizer, encode_ids, format_chars
 from tinygrad_gpt.model import GPT, GPTConfig, check_sampling
+from tinygrad_gpt.monitor import silence_stdout
 from tinygrad_gpt.pretrained import HF_CONFIG, check_vocab, checkpoint_tokenizer, load_pretrained, load_tokenizer
 from tinygrad_gpt.tokenizers import EOT, BPETokenizer
+from tinygrad_gpt.validate import PROMPT_FILE_LIMIT, check_memory, check_meta, check_weights, sampling_memory
 
 PROG = "python -m tinygrad_gpt.sample"
 SEPARATOR = "---------------"
@@ -82,45 +84,54 @@ def sample_texts(
     return [prompt + tokenizer.decode(backend.to_numpy(row)[len(ids) :]) for row in out]
 
 
-def load_model(out_dir: str, which: str) -> tuple[GPT, Tokenizer, Path]:
-    """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode."""
+def load_model(out_dir: str, which: str, config: SampleConfig | None = None, given: set = frozenset()
+               ) -> tuple[GPT, Tokenizer, Path]:
+    """The model and tokenizer of a checkpoint (out_dir/ckpt_<which>, or out_dir itself), in eval mode.
+
+    meta.json is checked before the weights are read, the weights (sizes, finite values) and the
+    memory sampling needs before the model is built.
+
+    Returns:
+        (model, tokenizer, checkpoint path)
+    """
     other = "latest" if which == "best" else "best"
-    ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}")), with_optimizer=False)
+    path = find_checkpoint(out_dir, prefer=(f"ckpt_{which}", f"ckpt_{other}"))
+    ckpt = load_checkpoint(path, with_optimizer=False, check_meta=check_meta)
+    model_config = GPTConfig(**ckpt.meta["model_config"])
+    check_weights(ckpt, model_config)
+    if config is not None:
+        check_memory(config, given, lambda c: sampling_memory(model_config, c.num_samples))
     tokenizer = checkpoint_tokenizer(ckpt)
-    try:
-        model = GPT(GPTConfig(**ckpt.meta["model_config"]))
-    except (KeyError, TypeError) as e:
-        raise UsageError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
-    check_vocab(tokenizer, model.config, ckpt.path / "meta.json")
+    check_vocab(tokenizer, model_config, ckpt.path / "meta.json")
+    model = GPT(model_config)
     model.load_state_dict(ckpt.model_state)
     model.eval()
     return model, tokenizer, ckpt.path
 
 
-def load_any(init_from: str, which: str) -> tuple[GPT, Tokenizer, Path]:
+def load_any(init_from: str, which: str, config: SampleConfig | None = None, given: set = frozenset()
+             ) -> tuple[GPT, Tokenizer, Path]:
     """The model (eval mode) and tokenizer of a Hugging Face GPT-2 directory, a checkpoint directory, or an
     out_dir (its ckpt_<which>)."""
     path = Path(init_from)
     if not (path / HF_CONFIG).is_file() and has_checkpoint(path):
-        return load_model(init_from, which)
+        return load_model(init_from, which, config, given)
     model, tokenizer = load_pretrained(path), load_tokenizer(path)
     check_vocab(tokenizer, model.config, path)
     return model, tokenizer, path
 
 
 def read_prompt(prompt: str) -> str:
-    """The prompt text: `prompt` itself, or the content of the file after 'FILE:'."""
+    """The prompt text: `prompt` itself, or the content of the file after 'FILE:' (at most 1 MiB)."""
     if not prompt.startswith("FILE:"):
         return prompt
     path = Path(prompt[len("FILE:") :]).expanduser()
+    if not path.exists():
+        raise UsageError(f"prompt file {path} does not exist")
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"prompt file {path} does not exist") from None
+        return read_limited(path, PROMPT_FILE_LIMIT, "prompt file").decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"prompt file {path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UsageError(f"cannot read prompt file {path}: {e.strerror or e}") from None
 
 
 def print_samples(texts: list[str]) -> None:
@@ -129,14 +140,23 @@ def print_samples(texts: list[str]) -> None:
         print(SEPARATOR, flush=True)
 
 
+def read_line() -> str | None:
+    """One prompt from stdin without its newline ('' or None at the end): at most 1 MiB, like a prompt file."""
+    if sys.stdin.isatty():
+        try:
+            return input("prompt> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline(PROMPT_FILE_LIMIT + 1)  # not input(): a line from /dev/zero never ends
+    if len(line) > PROMPT_FILE_LIMIT:
+        raise UsageError(f"a line on stdin is longer than the limit of {PROMPT_FILE_LIMIT:,} characters")
+    return line.removesuffix("\n")
+
+
 def interactive(config: SampleConfig, model: GPT, tokenizer: Tokenizer) -> None:
     """Prompt loop on stdin: each line is continued; an empty line or EOF quits."""
-    marker = "prompt> " if sys.stdin.isatty() else ""
     while True:
-        try:
-            line = input(marker)
-        except EOFError:
-            break
+        line = read_line()
         if not line:
             break
         try:
@@ -149,7 +169,10 @@ def interactive(config: SampleConfig, model: GPT, tokenizer: Tokenizer) -> None:
 
 
 def main(argv=None) -> int:
-    """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input)."""
+    """Parse flags, load the checkpoint and print samples; returns the exit status (2 for bad input).
+
+    A closed stdout (`... | head`) ends it quietly with status 0, as it does other Unix tools.
+    """
     try:
         values, given = parse_args(SampleConfig, argv, PROG, __doc__.split("\n\n")[0])
         config = build_config(SampleConfig, values)
@@ -159,9 +182,9 @@ def main(argv=None) -> int:
         if config.init_from and "out_dir" in given:
             raise UsageError(f"--init_from {config.init_from} and --out_dir {config.out_dir} name two models; give one")
         if config.init_from:
-            model, tokenizer, path = load_any(config.init_from, config.checkpoint)
+            model, tokenizer, path = load_any(config.init_from, config.checkpoint, config, given)
         else:
-            model, tokenizer, path = load_model(config.out_dir, config.checkpoint)
+            model, tokenizer, path = load_model(config.out_dir, config.checkpoint, config, given)
         if not config.interactive:
             encode_prompt(tokenizer, prompt)  # unknown characters are reported before anything else
         print(f"loaded {path} ({model.num_parameters():,} parameters)", file=sys.stderr, flush=True)
@@ -170,13 +193,19 @@ def main(argv=None) -> int:
             return 0
         texts = sample_texts(model, tokenizer, prompt, config.num_samples, config.max_new_tokens,
                              config.temperature, config.top_k, config.top_p, config.seed)  # fmt: skip
+        print_samples(texts)
     except SystemExit as e:
         return e.code or 0
+    except BrokenPipeError:
+        silence_stdout()
+        return 0
     except (UsageError, ValueError, OSError) as e:
         return report_error(PROG, e)
+    except MemoryError:
+        report_error(PROG, "out of memory; try a smaller --num_samples")
+        return 1
     except KeyboardInterrupt:
         return 130
-    print_samples(texts)
     return 0
 
 

@@ -69,6 +69,24 @@ def _comparison(compare, symbol: str):
 # ---------------------------------------------------------------- Tensor
 
 
+def _numeric_array(data, device):
+    """`data` (nested lists, numbers) as an array, or TypeError unless it holds numbers or booleans."""
+    if data is None or isinstance(data, (str, bytes, dict, set)):
+        raise TypeError(f"Tensor: cannot make a tensor of {type(data).__name__}; give numbers, booleans or an array")
+    array = backend.asarray(data, device=device)
+    _check_numeric(array.dtype, data)
+    return array
+
+
+def _check_numeric(dtype, data) -> None:
+    # NOTE: NumPy happily makes arrays of strings or objects, on which ops give nonsense ('a' + 1 -> 'a1')
+    if dtype.kind not in "biuf":
+        raise TypeError(
+            f"Tensor: data of {type(data).__name__} gives NumPy dtype {dtype}, which is not a number "
+            "or boolean type (torch.tensor refuses it too)"
+        )
+
+
 class Tensor(MovementMethods):
     """An n-dimensional array that records the operations applied to it for reverse-mode autograd."""
 
@@ -91,11 +109,12 @@ class Tensor(MovementMethods):
         """
         if isinstance(data, Tensor):
             data = data.data
-        if dtype is None and not backend.is_array(data):
-            data = backend.asarray(data, device=device)
+        if not backend.is_array(data):
+            data = _numeric_array(data, device)
         if dtype is None and backend.is_float(data.dtype):
             dtype = get_default_dtype()  # floats become the default float dtype, so nothing upcasts later
         self.data = backend.asarray(data, dtype=dtype, device=device)
+        _check_numeric(self.data.dtype, data)
         if requires_grad and not backend.is_float(self.data.dtype):
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
@@ -340,7 +359,7 @@ class Tensor(MovementMethods):
         """Mean over `axis` (None: all axes; an int or a tuple), dropping those axes unless `keepdims`."""
         axes = shapes.axes(axis, self.ndim, "mean")
         n = math.prod(self.shape[a] for a in axes)
-        return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / max(n, 1))
+        return ops.Sum.apply(self, axis=axes, keepdims=keepdims) * (1.0 / n if n else math.nan)  # empty: NaN, as NumPy
 
     def max(self, axis=None, keepdims=False):
         """Maximum over `axis` (None: all, an int or a tuple), dropping those axes unless `keepdims`; ties share."""

@@ -23,6 +23,7 @@ Hugging Face GPT-2 directory DIR, on new text, with its tokenizer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -34,21 +35,23 @@ from pathlib import Path
 from tinygrad_gpt import backend, no_grad
 from tinygrad_gpt.amp import Precision, make_precision
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, has_checkpoint, save_checkpoint
-from tinygrad_gpt.cli import UsageError, flatten_config, parse_args, report_error
+from tinygrad_gpt.cli import UsageError, flatten_config, one_line, parse_args, report_error
 from tinygrad_gpt.data import (
     BatchSampler,
     CharTokenizer,
     Corpus,
+    DataError,
     Tokenizer,
     build_dataset,
     fixed_windows,
     load_corpus,
+    load_token_files,
     text_bytes,
     tokenizer_kind,
 )
 from tinygrad_gpt.distributed import DistributedError, World, get_world
 from tinygrad_gpt.model import GPT
-from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses
+from tinygrad_gpt.monitor import MetricsLog, Progress, StopRequest, Throughput, plot_losses, silence_stdout
 from tinygrad_gpt.optim import AdamW, MultiOptimizer, Muon, Optimizer, cosine_lr, wsd_lr
 from tinygrad_gpt.parallel import (
     DataParallel,
@@ -59,9 +62,11 @@ from tinygrad_gpt.parallel import (
     quiet_unless_main,
     start_from_rank_0,
 )
+from tinygrad_gpt.runlock import RunLock
 from tinygrad_gpt.sample import default_prompt, sample_texts
 from tinygrad_gpt.tokenizers import BPETokenizer, tokenizer_files
 from tinygrad_gpt.train_config import TrainConfig, load_init_checkpoint, make_config
+from tinygrad_gpt.validate import check_memory, training_memory
 
 PROG = "python -m tinygrad_gpt.train"
 EXAMPLES = """examples:
@@ -234,9 +239,13 @@ def evaluate(run: Run, metrics: MetricsLog, progress: Progress) -> bool:
 # ---------------------------------------------------------------- setting a run up
 
 
-def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = None) -> Run:
+def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = None, data_given: bool = True) -> Run:
     """Everything a run needs, checked before any checkpoint is written (no collectives: see `start_from_rank_0`).
 
+    Args:
+        config: the run's settings (make_config).
+        ckpt: the checkpoint of --init_from, or None.
+        data_given: whether --data was given; a resume without it continues on out_dir's token files.
     Raises:
         UsageError, ValueError (DataError, CheckpointError) or OSError, for one-line reports.
     """
@@ -248,7 +257,7 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
             f"{config.out_dir} already holds checkpoints of an earlier run; continue it with --init_from resume, "
             "pick another --out_dir, or pass --overwrite to replace them"
         )
-    corpus = load_corpus(config.data, config.cache_dir or None)
+    corpus = load_corpus(config.data, config.cache_dir or None) if data_given or not resume else None
     tokenizer, splits = prepare_data(config, corpus, ckpt)
     backend.manual_seed(config.seed)
     model = GPT(config.model_config(model_vocab_size(tokenizer, ckpt)))
@@ -259,7 +268,8 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
     optimizer = build_optimizer(config, model, precision, world)
     parallel = DataParallel(world, config.gradient_accumulation_steps, config.seed, precision.params, optimizer)
     batches, eval_batches = make_batches(config, splits)
-    run = Run(config, model, optimizer, precision, tokenizer, batches, eval_batches, corpus.name, world, parallel,
+    name = corpus.name if corpus is not None else f"the token files in {config.out_dir}"
+    run = Run(config, model, optimizer, precision, tokenizer, batches, eval_batches, name, world, parallel,
               val_bytes=text_bytes(tokenizer, splits["val"]))  # fmt: skip
     run.split_sizes = {split: len(tokens) for split, tokens in splits.items()}
     if resume:
@@ -267,10 +277,27 @@ def setup(config: TrainConfig, ckpt: Checkpoint | None, world: World | None = No
     return run
 
 
-def prepare_data(config: TrainConfig, corpus: Corpus, ckpt: Checkpoint | None) -> tuple[Tokenizer, dict]:
-    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters; or a new one) and the token splits."""
+def prepare_data(config: TrainConfig, corpus: Corpus | None, ckpt: Checkpoint | None) -> tuple[Tokenizer, dict]:
+    """The tokenizer (a checkpoint's, widened when fine-tuning on new characters; or a new one) and the token splits.
+
+    A resume reads the text of --data, or without it (corpus None) the token files in out_dir, and
+    says so when --data differs from the text the checkpoint was trained on.
+    """
     tokenizer = ckpt.tokenizer if ckpt else None
-    fine_tune = ckpt is not None and config.init_from != "resume"
+    resume = config.init_from == "resume"
+    if resume and corpus is None:
+        try:
+            return tokenizer, load_token_files(config.out_dir, tokenizer)
+        except DataError as e:
+            recorded = ckpt.meta["train_config"].get("data")
+            raise UsageError(
+                f"--init_from resume without --data reads the token files in {config.out_dir}, but {e}; "
+                f"give the training text with --data (the checkpoint was trained on {recorded!r})"
+            ) from None
+    recorded = ckpt.meta["train_config"].get("data") if resume else None
+    if resume and recorded != config.data:
+        print(f"note: resuming on --data {config.data}; the checkpoint was trained on {recorded!r}", flush=True)
+    fine_tune = ckpt is not None and not resume
     new_tokenizer, splits = build_dataset(
         corpus, config.out_dir, config.model.block_size, tokenizer, allow_new_chars=fine_tune,
         bpe_vocab_size=config.vocab_size if config.new_bpe else None,
@@ -337,11 +364,11 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
     """Continue exactly where `ckpt` stopped: optimizer moments, iteration, losses, loss scale and every generator."""
     if ckpt.optim_state is None:
         raise CheckpointError(f"{ckpt.path} has no optim.safetensors, so it cannot be resumed (fine-tune from it)")
-    hypers = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
-    run.optimizer.load_state_dict(ckpt.optim_state)
-    for group, hyper in zip(run.optimizer.param_groups, hypers):  # the run's settings (flags given now win)
-        group.update(hyper)
     try:
+        hypers = [{k: v for k, v in group.items() if k != "params"} for group in run.optimizer.param_groups]
+        run.optimizer.load_state_dict(ckpt.optim_state)
+        for group, hyper in zip(run.optimizer.param_groups, hypers):  # the run's settings (flags given now win)
+            group.update(hyper)
         meta = ckpt.meta
         run.iter_num, run.best_val_loss = int(meta["iter_num"]), meta["best_val_loss"]
         run.elapsed_before, run.last_saved_iter = float(meta.get("elapsed", 0.0)), run.iter_num
@@ -350,8 +377,8 @@ def restore(run: Run, ckpt: Checkpoint) -> None:
         for name, batches in run.batches.items():
             batches.set_state(meta["sampler_states"][name])
         run.precision.load_state_dict(meta)  # a float32 checkpoint resumed in float16 starts a fresh scale
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+        raise CheckpointError(f"{ckpt.path} is incomplete or corrupted ({one_line(repr(e))[:200]})") from None
 
 
 # ---------------------------------------------------------------- the training loop
@@ -368,7 +395,7 @@ def train(run: Run) -> int:
     run.started = time.perf_counter()
     progress = Progress(config.max_iters, run.iter_num, device) if main_rank else Discard()
     stopping = False  # agreed by every rank after each step
-    with StopRequest() as stop:
+    with StopRequest() as stop, contextlib.closing(progress):  # the bar ends before any error line
         if run.iter_num == 0 and resumed_at is None and not evaluate(run, metrics, progress):  # resumed: saved at 0
             return diverged(run, progress, "the initial loss is not finite")
         run.model.train()
@@ -388,12 +415,13 @@ def train(run: Run) -> int:
                 speed.restart()
         if stopping and run.last_saved_iter != run.iter_num:
             save(run, "ckpt_latest")
-    progress.close()
     if stopping:
-        progress.print(
-            f"interrupted: saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}; "
-            f"continue with --init_from resume --out_dir {run.out_dir}"
-        )
+        saved = f"saved iteration {run.iter_num} to {run.out_dir / 'ckpt_latest'}"
+        resume = f"continue with --init_from resume --out_dir {run.out_dir}"
+        if stop.stdout_closed and main_rank:  # `train | head`: stop quietly, one line on stderr about the state
+            print(f"{PROG}: stdout was closed, so training stopped: {saved}; {resume}", file=sys.stderr, flush=True)
+        elif main_rank:
+            print(f"interrupted: {saved}; {resume}", flush=True)
         return 0
     if main_rank:
         finish(run, time.perf_counter() - run.started, device, resumed_at)
@@ -478,10 +506,12 @@ def finish(run: Run, wall: float, device: str, resumed_at: int | None) -> None:
 
 
 def main(argv=None) -> int:
-    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status (2 for bad input).
+    """Parse flags, build the run's TrainConfig, set the run up and train; returns the exit status.
 
-    Under mpiexec every rank runs this; an error in setting up on any rank is one line (from rank 0)
-    and exit 2 on every rank.
+    Exit status: 0 done (or stopped by Ctrl-C or a closed stdout, after saving), 2 bad input (one line on
+    stderr, nothing in out_dir changed), 1 a failure while running (a full disk, no memory, a NaN loss;
+    the last good checkpoint stays), 130 a second Ctrl-C. Under mpiexec every rank runs this; an error in
+    setting up on any rank is one line (from rank 0) and exit 2 on every rank; only rank 0 locks out_dir.
     """
     backend.tune_malloc()  # the training process keeps NumPy's large freed blocks (faster steps)
     try:
@@ -489,22 +519,47 @@ def main(argv=None) -> int:
     except DistributedError as e:
         return report_error(PROG, e)
     try:
-        with SameOnEveryRank(world) as ranks, quiet_unless_main(world):
-            values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
-            ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
-            config = make_config(values, given, ckpt)
-            world.micro_batches(config.gradient_accumulation_steps)  # G must be a multiple of the ranks
-            ranks.compare(flatten_config(config))
         with SameOnEveryRank(world), quiet_unless_main(world):
-            run = setup(config, ckpt, world)
-        start_from_rank_0(run.model, run.precision, world)
+            values, given = parse_args(TrainConfig, argv, PROG, __doc__.split("\n\n")[0], EXAMPLES)
     except SystemExit as e:  # argparse: --help, or a bad flag already reported
         return e.code or 0
     except (UsageError, ValueError, OSError) as e:
         return report_error(PROG, e) if world.is_main else 2
+    lock = RunLock(values["out_dir"]) if world.is_main else None
+    try:
+        return start(values, given, lock, world)
+    except BrokenPipeError:  # stdout closed (`train | head`) outside the loop: nothing unsaved is lost
+        silence_stdout()
+        return 0
+    except (UsageError, ValueError, OSError) as e:  # before training: bad input
+        return report_error(PROG, e) if world.is_main else 2
+    except MemoryError:  # sizes that passed the memory estimate (a lower bound) but not the machine
+        report_error(PROG, "out of memory while setting the run up; use smaller sizes (--batch_size, --n_embd, ...)")
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def start(values: dict, given: set, lock: RunLock | None, world: World) -> int:
+    """Everything after the flags, under out_dir's lock (held by rank 0): check, set up, then train (or evaluate)."""
+    with SameOnEveryRank(world) as ranks, quiet_unless_main(world):
+        if lock is not None:
+            lock.acquire(create=values["init_from"] != "resume")  # resuming a missing out_dir: reported next
+            if lock.stale_pid:
+                print(f"note: took over {lock.path}, left by process {lock.stale_pid}, which is no longer running")
+        ckpt = load_init_checkpoint(values["init_from"], values["out_dir"])
+        config = make_config(values, given, ckpt)
+        world.micro_batches(config.gradient_accumulation_steps)  # G must be a multiple of the ranks
+        ranks.compare(flatten_config(config))
+        vocab_size = ckpt.tokenizer.vocab_size if ckpt else 1  # before reading the text: a lower bound
+        check_memory(config, given, lambda c: training_memory(c.model_config(vocab_size), c.batch_size, c.dtype))
+    with SameOnEveryRank(world), quiet_unless_main(world):
+        run = setup(config, ckpt, world, data_given="data" in given)
+    start_from_rank_0(run.model, run.precision, world)
     if config.eval_only:
         losses = estimate_loss(run.model, run.eval_batches)
         if world.is_main:
@@ -517,6 +572,21 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stop now; the checkpoints on disk are complete
         print(f"\n{PROG}: interrupted twice; stopped without saving", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed after the loop: main ends quietly
+        raise
+    except (OSError, MemoryError) as e:
+        return failed(run, e)
+
+
+def failed(run: Run, error: OSError | MemoryError) -> int:
+    """A full disk (or no memory) while training: one line and exit status 1; the checkpoints on disk stay."""
+    kept = "no checkpoint was saved"
+    if run.last_saved_iter is not None:
+        kept = f"the last good checkpoint is iteration {run.last_saved_iter}"
+    what = "out of memory" if isinstance(error, MemoryError) else (error.strerror or str(error))
+    where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+    report_error(PROG, f"training stopped at iteration {run.iter_num}: {what}{where}; {kept}")
+    return 1
 
 
 if __name__ == "__main__":

@@ -12,15 +12,17 @@ here. The command builds the run's TrainConfig once and passes it on:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from tinygrad_gpt.checkpoint import Checkpoint, CheckpointError, find_checkpoint, load_checkpoint
-from tinygrad_gpt.cli import UsageError, build_config, option, section
+from tinygrad_gpt.cli import UsageError, build_config, flags_of, option, section
 from tinygrad_gpt.data import tokenizer_kind
 from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.pretrained import HF_CONFIG, checkpoint_tokenizer, hf_checkpoint
+from tinygrad_gpt.validate import check_meta, check_weights
 
 DEFAULT_MAX_ITERS = 3500  # the no-argument run: about 5 minutes on 2 CPU cores (measured: README)
 DEFAULT_BPE_VOCAB = 1024  # --tokenizer bpe without --vocab_size
@@ -37,17 +39,23 @@ class TrainConfig:
     """Every setting of a training run; each field is also a command-line flag (nanoGPT's names)."""
 
     # I/O
-    out_dir: str = option("out", "directory for checkpoints, metrics.jsonl, loss.png and the token files")
+    out_dir: str = option(
+        "out", "directory for checkpoints, metrics.jsonl, loss.png and the token files", command_line_only=True
+    )
     data: str = option(
         "pydoc",
         "training text: a UTF-8 file, a directory of .txt files, 'shakespeare' (Tiny Shakespeare, downloaded "
-        "once) or 'pydoc' (Python's documentation from the standard library, offline)",
+        "once) or 'pydoc' (Python's documentation from the standard library, offline); --init_from resume "
+        "without --data continues on the token files in out_dir",
     )
-    cache_dir: str = option("", "where downloads are kept; '' means $TINYGRAD_GPT_CACHE or ~/.cache/tinygrad_gpt")
+    cache_dir: str = option(
+        "", "where downloads are kept; '' means $TINYGRAD_GPT_CACHE or ~/.cache/tinygrad_gpt", command_line_only=True
+    )
     init_from: str = option(
         "scratch", "'scratch', 'resume' (continue the run in out_dir exactly), or a directory to fine-tune: a "
         "checkpoint (or out_dir) of an earlier run, or a Hugging Face GPT-2 directory (config.json, "
-        "model.safetensors, vocab.json, merges.txt)"
+        "model.safetensors, vocab.json, merges.txt)",
+        command_line_only=True,
     )
     tokenizer: str = option(
         "char", "'char' (the text's characters) or 'bpe' (a byte-level BPE with GPT-2's rules, trained on the "
@@ -60,8 +68,12 @@ class TrainConfig:
     eval_interval: int = option(250, "estimate train/val loss and save checkpoints every this many iterations")
     log_interval: int = option(10, "write loss, lr and tokens/s to metrics.jsonl every this many iterations")
     eval_iters: int = option(20, "batches per split when estimating the loss")
-    eval_only: bool = option(False, "only estimate the loss of the initial model (e.g. with --init_from resume)")
-    overwrite: bool = option(False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir")
+    eval_only: bool = option(
+        False, "only estimate the loss of the initial model (e.g. with --init_from resume)", command_line_only=True
+    )
+    overwrite: bool = option(
+        False, "let a new run (scratch or fine-tune) replace the checkpoints already in out_dir", command_line_only=True
+    )
     plot: bool = option(True, "draw out_dir/loss.png at the end (needs matplotlib)")
     max_new_tokens: int = option(500, "tokens of the sample printed at the end (characters of a char model; 0: none)")
     # data
@@ -125,6 +137,9 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # any float setting, today's and tomorrow's
+            if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name)):
+                raise UsageError(f"--{f.name} must be a finite number, got {getattr(self, f.name)}")
         checks = [
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
             ("gradient_accumulation_steps", self.gradient_accumulation_steps >= 1, "must be >= 1"),
@@ -197,19 +212,24 @@ def load_init_checkpoint(init_from: str, out_dir: str) -> Checkpoint | None:
     """The checkpoint `--init_from` names, with its tokenizer loaded.
 
     None for 'scratch', out_dir/ckpt_latest for 'resume', else a directory: a Hugging Face GPT-2
-    directory (config.json), or a checkpoint or out_dir of an earlier run.
+    directory (config.json), or a checkpoint or out_dir of an earlier run. A checkpoint's meta.json is
+    checked against the schema (validate.check_meta) before the weights are read, and the weights
+    against model_config's sizes before anything is built from them.
     """
     if init_from == "scratch":
         return None
-    if init_from == "resume":
+    resume = init_from == "resume"
+    check = functools.partial(check_meta, config_cls=TrainConfig if resume else None)
+    if resume:
         try:
-            ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=("ckpt_latest",)))
+            ckpt = load_checkpoint(find_checkpoint(out_dir, prefer=("ckpt_latest",)), check_meta=check)
         except CheckpointError as e:
             raise UsageError(f"--init_from resume: {e}") from None
     elif (Path(init_from) / HF_CONFIG).is_file():
         return hf_checkpoint(init_from)
     else:
-        ckpt = load_checkpoint(find_checkpoint(init_from), with_optimizer=False)
+        ckpt = load_checkpoint(find_checkpoint(init_from), with_optimizer=False, check_meta=check)
+    check_weights(ckpt, GPTConfig(**ckpt.meta["model_config"]))
     ckpt.tokenizer = checkpoint_tokenizer(ckpt)
     return ckpt
 
@@ -234,25 +254,24 @@ def keep_tokenizer(values: dict, given: set, ckpt: Checkpoint) -> dict:
 def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfig:
     """The run's TrainConfig: flags over the config file over defaults, checked, schedule resolved.
 
-    From a checkpoint the model's architecture and tokenizer are kept (flags that contradict them are an error); to
-    resume, its settings are too, except those given now (e.g. a larger --max_iters).
+    From a checkpoint the model's architecture and tokenizer are kept (flags that contradict them are an
+    error); to resume, its settings are too, except those given now (e.g. a larger --max_iters) and those
+    that belong to the command (out_dir, cache_dir, ...: `option(command_line_only=True)`), which never
+    come from a checkpoint.
 
     Args:
         values: every flag's value (parse_args).
         given: the flags set on the command line or in the config file.
-        ckpt: the checkpoint of --init_from, or None.
+        ckpt: the checkpoint of --init_from (its meta.json checked by load_init_checkpoint), or None.
     Raises:
         UsageError for a flag that contradicts the checkpoint or its tokenizer; ValueError (CheckpointError) for
         bad values.
     """
     if ckpt is None:
         return build_config(TrainConfig, values).resolved()
-    try:
-        saved = GPTConfig(**ckpt.meta["model_config"]).architecture()
-        del saved["vocab_size"]  # the vocabulary follows the checkpoint's tokenizer (keep_tokenizer)
-        saved_settings = ckpt.meta["train_config"] if values["init_from"] == "resume" else {}
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{ckpt.path / 'meta.json'} is incomplete or corrupted ({e!r})") from None
+    meta_path = ckpt.path / "meta.json"
+    saved = GPTConfig(**ckpt.meta["model_config"]).architecture()
+    del saved["vocab_size"]  # the vocabulary follows the checkpoint's tokenizer (keep_tokenizer)
     for key in sorted(given & saved.keys(), key=list(values).index):
         if values[key] != saved[key]:
             raise UsageError(
@@ -261,9 +280,14 @@ def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfi
             )
     tokenizer = keep_tokenizer(values, given, ckpt)
     if values["init_from"] == "resume":
-        kept = {k: v for k, v in saved_settings.items() if k in values}  # values has a key for every flag
-        values = {**kept, **{k: values[k] for k in given}, "init_from": "resume"}
+        flags = {flag.name: flag for flag in flags_of(TrainConfig)}
+        kept = {k: v for k, v in ckpt.meta["train_config"].items() if k in flags and not flags[k].command_line_only}
+        try:
+            build_config(TrainConfig, {**kept, **saved})
+        except (UsageError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{meta_path}: train_config is invalid ({e})") from None
+        values = {**kept, **{k: values[k] for k in given}, **saved, "init_from": "resume"}
     else:
-        values = {**values, **{k: v for k, v in saved.items() if k in values}}
+        values = {**values, **saved}
     values.update(tokenizer)
     return build_config(TrainConfig, values).resolved()
