@@ -12,10 +12,12 @@ from tinygrad_gpt.nn import functional as F
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed: only the NumPy path exists")
 
 
-@pytest.fixture(autouse=True)
-def _kernels_even_for_tiny_arrays(monkeypatch):
-    """The test arrays are small: make the kernels run on them (normally only large arrays use them)."""
+@pytest.fixture(autouse=True, params=["threaded", "serial"])
+def _kernels_even_for_tiny_arrays(monkeypatch, request):
+    """The test arrays are small: make the kernels run on them (normally only large arrays use them),
+    with the row kernels' threaded loops and (second run) their serial twins."""
     monkeypatch.setattr(cpu, "min_size", 0)
+    monkeypatch.setattr(cpu, "parallel_min_size", 0 if request.param == "threaded" else 1 << 62)
 
 
 def _run_both(fn, *arrays, dtype):
@@ -128,6 +130,7 @@ def test_find_gives_the_kernel_only_for_arrays_it_was_written_for(monkeypatch):
     assert kernels.find("softmax_cross_entropy_forward", x) is None, "no CPU kernel of that name"
     monkeypatch.setattr(cpu, "min_size", x.size + 1)
     assert kernels.find("gelu_forward", x) is None, "too small to be worth the threads"
+    assert kernels.find("layer_norm_forward", x, x[0], x[0]), "row kernels run on any size (serial when small)"
     monkeypatch.setattr(cpu, "min_size", 0)
     monkeypatch.setattr(cpu, "enabled", False)
     assert kernels.find("gelu_forward", x) is None, "turned off"
