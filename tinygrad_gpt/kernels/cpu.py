@@ -62,7 +62,8 @@ if AVAILABLE:
             # a function of its own name, so that numba's on-disk cache keeps the two compilations apart
             serial = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__)
             serial.__qualname__ = fn.__qualname__ + "_serial"
-            self.serial = njit(cache=True, fastmath=fastmath)(serial)
+            # error_model "numpy": x / 0 gives inf or nan as in the threaded loop, instead of raising
+            self.serial = njit(cache=True, fastmath=fastmath, error_model="numpy")(serial)
             self.__doc__ = fn.__doc__
 
         def __call__(self, *args):
