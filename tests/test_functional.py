@@ -261,14 +261,15 @@ def test_cached_self_attention_equals_attention_over_the_whole_sequence(float64,
     B, n_head, hs, start = 2, 3, 4, 4
     C = n_head * hs
     qkv = _rand(1, B, start + t_new, 3 * C)
-    k_cache, v_cache = np.zeros((2, B, n_head, 8, hs)), np.zeros((2, B, n_head, 8, hs))
+    k_cache, v_cache = (Tensor.zeros(2, B, n_head, 8, hs).data for _ in range(2))  # on the default device
     first = F.cached_self_attention(Tensor(qkv[:, :start]), n_head, k_cache[0], v_cache[0], 0)
     rest = F.cached_self_attention(Tensor(qkv[:, start:]), n_head, k_cache[0], v_cache[0], start)
     whole = F.causal_self_attention(Tensor(qkv), n_head)
-    np.testing.assert_allclose(np.concatenate([first.data, rest.data], axis=1), whole.data, rtol=1e-12)
+    np.testing.assert_allclose(np.concatenate([first.numpy(), rest.numpy()], axis=1), whole.numpy(), rtol=1e-12)
     k = qkv[:, :, C:2 * C].reshape(B, start + t_new, n_head, hs).transpose(0, 2, 1, 3)
-    np.testing.assert_array_equal(k_cache[0, :, :, :start + t_new], k)
-    assert not k_cache[1].any()  # the other layer's buffer is untouched
+    k_cached = Tensor(k_cache).numpy()
+    np.testing.assert_array_equal(k_cached[0, :, :, :start + t_new], k)
+    assert not k_cached[1].any()  # the other layer's buffer is untouched
 
 
 def test_cached_self_attention_refuses_a_cache_that_does_not_fit():
