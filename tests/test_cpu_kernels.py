@@ -152,3 +152,11 @@ def test_gelu_backward_after_the_kernels_are_turned_off_recomputes_what_the_forw
     finally:
         cpu.enabled = cpu.AVAILABLE
     np.testing.assert_allclose(t.grad.numpy(), reference.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_row_kernels_give_nan_for_non_finite_rows_instead_of_raising():
+    # a diverged run (NaN loss) must reach the trainer's NaN check, also through the serial twins
+    x = np.array([[np.inf, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]], np.float32)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, _, _ = cpu.layer_norm_forward(x, w, b, 1e-5)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()
