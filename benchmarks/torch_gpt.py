@@ -7,7 +7,9 @@ each sublayer plus `ln_f` (GPT-2, "pre") or after each residual add (GPT-1, "pos
 the token embedding or its own, biases or none, GPT-2 initialisation, dropout. Linear weights keep
 torch's (out, in) layout; `load_gpt2_state_dict` / `gpt2_arrays` convert from / to tinygrad_gpt's
 (in, out). The optimizer is nanoGPT's `configure_optimizers`: AdamW with every 2-D tensor decayed and
-the rest not, fused on CUDA. `generate_greedy` extends sequences without a KV cache (the plain reference).
+the rest not, fused on CUDA. `generate_greedy` extends sequences greedily, recomputing the cropped context
+for every token (the plain reference) or, with use_cache=True, with a KV cache (`TorchKVCache`, preallocated
+per layer, as tinygrad_gpt's `KVCache`).
 
 The benchmarks import it as `torch_gpt` (their folder is on sys.path when a script runs); tests/conftest.py
 puts this folder on sys.path too. It never imports tinygrad_gpt, so a torch worker stays torch-only.
@@ -64,18 +66,27 @@ class CausalSelfAttention(nn.Module):
             mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
             self.register_buffer("mask", mask.view(1, 1, config.block_size, config.block_size), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: TorchKVCache | None = None, layer: int = 0) -> torch.Tensor:
+        """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        start = 0
+        if kv_cache is not None:
+            start = kv_cache.length
+            k, v = kv_cache.update(layer, k, v)  # (B, nh, start + T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        if self.attention == "sdpa":
+        Tk = k.size(2)
+        if self.attention == "sdpa" and start == 0:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout_p, is_causal=True)
-        else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-            att = att.masked_fill(~self.mask[:, :, :T, :T], float("-inf"))
+        elif self.attention == "sdpa" and T == 1:  # one new position sees every cached one: no mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout_p)
+        else:  # bottom-right aligned causal mask: query i sits at position start + i
+            mask = torch.ones(Tk, Tk, dtype=torch.bool, device=x.device).tril()[start:, :]  # (T, Tk)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, Tk)
+            att = att.masked_fill(~mask, float("-inf"))
             att = F.dropout(F.softmax(att, dim=-1), p=dropout_p, training=self.training)
             y = att @ v  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
@@ -107,11 +118,11 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: TorchKVCache | None = None, layer: int = 0) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_1(x))
+            x = x + self.attn(self.ln_1(x), kv_cache, layer)
             return x + self.mlp(self.ln_2(x))
-        x = self.ln_1(x + self.attn(x))
+        x = self.ln_1(x + self.attn(x, kv_cache, layer))
         return self.ln_2(x + self.mlp(x))
 
 
@@ -123,6 +134,24 @@ def sinusoidal_positions(n_positions: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(position * freq)
     table[:, 1::2] = torch.cos(position * freq[: dim // 2])
     return table
+
+
+class TorchKVCache:
+    """Keys and values of the positions processed so far, every layer, in preallocated (L, B, nh, block, hs) buffers."""
+
+    def __init__(self, config: TorchGPTConfig, batch_size: int, dtype: torch.dtype, device) -> None:
+        hs = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0  # positions cached; TorchGPT.forward advances it after all layers ran
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v (B, nh, T, hs) of `layer`; return every cached position's (B, nh, length + T, hs) (views)."""
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 class TorchGPT(nn.Module):
@@ -157,18 +186,22 @@ class TorchGPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """Args: idx (B, T) int64, targets (B, T) int64 (-1: ignored) or None. Returns: logits (B, T, V), loss."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: TorchKVCache | None = None):
+        """Args: idx (B, T) int64, targets (B, T) int64 (-1: ignored) or None; kv_cache holding the earlier
+        positions (idx then holds only the new ones). Returns: logits (B, T, V), loss."""
         B, T = idx.size()
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
         if self.config.pos_encoding == "learned":
-            pos = self.wpe(torch.arange(T, dtype=torch.long, device=idx.device))  # (T, C)
+            pos = self.wpe(torch.arange(start, start + T, dtype=torch.long, device=idx.device))  # (T, C)
         else:
-            pos = self.pos_table[:T].to(self.wte.weight.dtype)  # (T, C)
+            pos = self.pos_table[start : start + T].to(self.wte.weight.dtype)  # (T, C)
         x = self.drop(self.wte(idx) + pos)  # (B, T, C)
-        for block in self.h:
-            x = block(x)
+        for i, block in enumerate(self.h):
+            x = block(x, kv_cache, i)
+        if kv_cache is not None:
+            kv_cache.length += T
         if self.config.norm == "pre":
             x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
@@ -178,10 +211,23 @@ class TorchGPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate_greedy(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Append the most likely token max_new_tokens times, recomputing the (cropped) context each time (no cache)."""
+    def generate_greedy(self, idx: torch.Tensor, max_new_tokens: int, use_cache: bool = False) -> torch.Tensor:
+        """Append the most likely token max_new_tokens times (as tinygrad_gpt's `generate(temperature=0)`).
+
+        Without a cache (the default, the plain reference) the cropped context is recomputed for every token.
+        With use_cache=True the prompt fills a TorchKVCache and each later token costs one position's work
+        while the sequence fits in block_size; past it the cropped context is recomputed, as without.
+        """
+        cache = None
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.config.block_size :])  # (B, T, V)
+            n = idx.size(1)
+            if not use_cache or n > self.config.block_size:
+                logits, _ = self(idx[:, -self.config.block_size :])  # (B, T, V)
+            elif cache is None:
+                cache = TorchKVCache(self.config, idx.size(0), self.wte.weight.dtype, idx.device)
+                logits, _ = self(idx, kv_cache=cache)
+            else:
+                logits, _ = self(idx[:, -1:], kv_cache=cache)  # (B, 1, V)
             idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)  # (B, T + 1)
         return idx
 

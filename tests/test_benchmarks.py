@@ -229,3 +229,34 @@ def test_torch_gpt_matches_ours_on_the_same_weights(float64):
     torch_weights = theirs.gpt2_arrays()
     for name, p in ours.named_parameters():
         np.testing.assert_allclose(p.numpy(), torch_weights[name], atol=1e-12)
+
+
+GENERATE_COLUMNS = ["batch", "framework", "ms/call (median)", "ms/token (median)", "tokens/s", "peak RSS (MiB)"]
+
+
+@requires_torch
+@pytest.mark.slow
+def test_bench_generate_prints_both_frameworks_per_batch_size():
+    out = run_script("bench_generate.py", "--tiny")
+    columns, rows = harness.parse_markdown_table(out)
+    assert columns == GENERATE_COLUMNS
+    labels = ["tinygrad_gpt", "torch", "ratio tinygrad_gpt / torch"]
+    assert [(r[0], r[1]) for r in rows] == [(b, label) for b in ("1", "8") for label in labels]
+    for row in rows:
+        assert all(number(cell) > 0 for cell in row[2:])
+    for ours, theirs, ratio in (rows[0:3], rows[3:6]):
+        assert number(ratio[4]) == pytest.approx(number(ours[4]) / number(theirs[4]), rel=0.01)
+
+
+@requires_torch
+def test_torch_gpt_kv_cache_gives_the_tokens_of_the_full_recompute(float64):
+    # the torch side of bench_generate: its cache must change the speed, not the tokens (past block_size too)
+    import torch
+    from torch_gpt import TorchGPT, TorchGPTConfig
+
+    torch.manual_seed(0)
+    model = TorchGPT(TorchGPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)).double().eval()
+    prompt = torch.from_numpy(np.random.default_rng(0).integers(0, 11, size=(2, 3)))
+    cached = model.generate_greedy(prompt, 9, use_cache=True)
+    assert torch.equal(cached, model.generate_greedy(prompt, 9))
+    assert cached.shape == (2, 12)

@@ -12,10 +12,12 @@ from tinygrad_gpt.nn import functional as F
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="numba not installed: only the NumPy path exists")
 
 
-@pytest.fixture(autouse=True)
-def _kernels_even_for_tiny_arrays(monkeypatch):
-    """The test arrays are small: make the kernels run on them (normally only large arrays use them)."""
+@pytest.fixture(autouse=True, params=["threaded", "serial"])
+def _kernels_even_for_tiny_arrays(monkeypatch, request):
+    """The test arrays are small: make the kernels run on them (normally only large arrays use them),
+    with the row kernels' threaded loops and (second run) their serial twins."""
     monkeypatch.setattr(cpu, "min_size", 0)
+    monkeypatch.setattr(cpu, "parallel_min_size", 0 if request.param == "threaded" else 1 << 62)
 
 
 def _run_both(fn, *arrays, dtype):
@@ -128,6 +130,7 @@ def test_find_gives_the_kernel_only_for_arrays_it_was_written_for(monkeypatch):
     assert kernels.find("softmax_cross_entropy_forward", x) is None, "no CPU kernel of that name"
     monkeypatch.setattr(cpu, "min_size", x.size + 1)
     assert kernels.find("gelu_forward", x) is None, "too small to be worth the threads"
+    assert kernels.find("layer_norm_forward", x, x[0], x[0]), "row kernels run on any size (serial when small)"
     monkeypatch.setattr(cpu, "min_size", 0)
     monkeypatch.setattr(cpu, "enabled", False)
     assert kernels.find("gelu_forward", x) is None, "turned off"
@@ -149,3 +152,11 @@ def test_gelu_backward_after_the_kernels_are_turned_off_recomputes_what_the_forw
     finally:
         cpu.enabled = cpu.AVAILABLE
     np.testing.assert_allclose(t.grad.numpy(), reference.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_row_kernels_give_nan_for_non_finite_rows_instead_of_raising():
+    # a diverged run (NaN loss) must reach the trainer's NaN check, also through the serial twins
+    x = np.array([[np.inf, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]], np.float32)
+    w, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+    y, _, _ = cpu.layer_norm_forward(x, w, b, 1e-5)
+    assert np.isnan(y[0]).all() and np.isfinite(y[1]).all()

@@ -252,3 +252,29 @@ def test_causal_self_attention_gradient(float64, b, t, n_head, hs, seed):
 def test_causal_self_attention_rejects_bad_widths():
     with pytest.raises(ValueError, match=r"\(1, 2, 7\)"):
         F.causal_self_attention(Tensor(np.ones((1, 2, 7))), n_head=1)
+
+
+@pytest.mark.parametrize("t_new", [1, 3])
+def test_cached_self_attention_equals_attention_over_the_whole_sequence(float64, t_new):
+    # the prompt's 4 positions fill the cache, then t_new more attend over all of them: the same output
+    # as causal attention over all positions at once, and the cache holds every position's k and v
+    B, n_head, hs, start = 2, 3, 4, 4
+    C = n_head * hs
+    qkv = _rand(1, B, start + t_new, 3 * C)
+    k_cache, v_cache = (Tensor.zeros(2, B, n_head, 8, hs).data for _ in range(2))  # on the default device
+    first = F.cached_self_attention(Tensor(qkv[:, :start]), n_head, k_cache[0], v_cache[0], 0)
+    rest = F.cached_self_attention(Tensor(qkv[:, start:]), n_head, k_cache[0], v_cache[0], start)
+    whole = F.causal_self_attention(Tensor(qkv), n_head)
+    np.testing.assert_allclose(np.concatenate([first.numpy(), rest.numpy()], axis=1), whole.numpy(), rtol=1e-12)
+    k = qkv[:, :, C:2 * C].reshape(B, start + t_new, n_head, hs).transpose(0, 2, 1, 3)
+    k_cached = Tensor(k_cache).numpy()
+    np.testing.assert_array_equal(k_cached[0, :, :, :start + t_new], k)
+    assert not k_cached[1].any()  # the other layer's buffer is untouched
+
+
+def test_cached_self_attention_refuses_a_cache_that_does_not_fit():
+    qkv = Tensor(np.ones((1, 2, 12)))
+    with pytest.raises(ValueError, match=r"k_cache of shape \(1, 2, 8, 3\)"):
+        F.cached_self_attention(qkv, 2, np.zeros((1, 2, 8, 3)), np.zeros((1, 2, 8, 2)), 0)
+    with pytest.raises(ValueError, match=r"positions \[7, 9\) do not fit a cache of 8"):
+        F.cached_self_attention(qkv, 2, np.zeros((1, 2, 8, 2)), np.zeros((1, 2, 8, 2)), 7)

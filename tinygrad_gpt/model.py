@@ -138,20 +138,11 @@ class CausalSelfAttention(Module):
 
     def forward(self, x: Tensor, kv_cache: KVCache | None = None, layer: int = 0) -> Tensor:
         """(B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
-        B, T, C = x.shape
-        hs = C // self.n_head
         qkv = self._qk_norm_rotary(self.c_attn(x), kv_cache.length if kv_cache is not None else 0)  # (B, T, 3C)
         if kv_cache is None:  # training and full-context inference: one fused Function, no head copies
             y = F.causal_self_attention(qkv, self.n_head)  # (B, T, 3C) -> (B, T, C)
-            return self.resid_dropout(self.c_proj(y))
-        q, k, v = qkv.split(C, axis=2)  # 3 x (B, T, C)
-        q = q.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.reshape(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # (B, nh, Tk, hs): cached positions + new ones
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        else:  # new positions over the cached ones: one Function that also appends to the cache
+            y = F.cached_self_attention(qkv, self.n_head, kv_cache.k[layer], kv_cache.v[layer], kv_cache.length)
         return self.resid_dropout(self.c_proj(y))
 
     def _qk_norm_rotary(self, qkv: Tensor, start: int) -> Tensor:

@@ -9,10 +9,10 @@ the readable reference that works on every backend:
     ...  # the same math in xp calls
 
 `find` returns the numba kernel (cpu.py) when every array is a NumPy array, the first has at least
-`cpu.min_size` elements, all are C-contiguous and of one float32/float64 dtype, and numba kernels
-are on; the CUDA kernel (cuda.py) when every array is a C-contiguous CuPy array of one float dtype
-and GPU kernels are on; None otherwise. Pass the float arrays the kernel reads (not integer
-targets or scalars). Both modules give a kernel of one name one signature.
+`cpu.min_size` elements (the row kernels: any size, see `cpu.runs_on`), all are C-contiguous and of
+one float32/float64 dtype, and numba kernels are on; the CUDA kernel (cuda.py) when every array is a
+C-contiguous CuPy array of one float dtype and GPU kernels are on; None otherwise. Pass the float
+arrays the kernel reads (not integer targets or scalars). Both modules give a kernel of one name one signature.
 
 Switches: TINYGRAD_GPT_NUMBA=0 and TINYGRAD_GPT_GPU_KERNELS=0 in the environment, or
 `kernels.cpu.enabled` / `kernels.cuda.enabled` (and `kernels.cpu.min_size`) at run time.
@@ -31,7 +31,7 @@ def find(name: str, *arrays):
     first = arrays[0]
     on_host = backend.is_host_array(first)
     if on_host:
-        if not cpu.enabled or first.size < cpu.min_size:
+        if not cpu.enabled or not cpu.runs_on(name, first.size):
             return None
         module = cpu
     elif cuda.enabled and backend.device_of(first) == "cuda":

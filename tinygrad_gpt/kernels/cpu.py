@@ -5,7 +5,12 @@ with its own temporary array; these kernels do the whole chain in one multi-thre
 kernel has a pure-NumPy twin in the Function that calls it, and the tests compare the two
 (tests/test_cpu_kernels.py). float32 exp and tanh use a hand-written polynomial that vectorises,
 since NumPy's and numba's run one element at a time on this CPU. Set TINYGRAD_GPT_NUMBA=0 to turn
-the kernels off; arrays below `min_size` elements always take the NumPy path.
+the kernels off. The row kernels (LayerNorm, the attention softmax) are compiled twice: multi-threaded
+(prange) for arrays of at least `parallel_min_size` elements, serial below, where starting the threads
+costs more than the loop (one 128-wide LayerNorm row: about 60 us threaded, 11 us through NumPy's
+calls, 1-4 us serial), as in generation with a KV cache; they run on arrays of any size. The
+elementwise and optimizer kernels are threaded only (serial, numba does not vectorise them: it cannot
+tell that the output does not alias the input), so arrays below `min_size` elements take the NumPy path.
 
 The public functions at the end take the signatures of their CUDA twins in cuda.py (they return
 new arrays, and those ending in `_` work in place); `KERNELS` names them for `kernels.find`. Each
@@ -17,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import types as pytypes
 
 import numpy as np
 
@@ -35,14 +41,39 @@ except ImportError:
     AVAILABLE = False
 
 enabled = AVAILABLE  # flipped by tests to compare both paths
-# below this many elements, starting the threads costs more than the kernel saves
-min_size = 16384
+min_size = 16384  # the elementwise kernels: below this many elements the NumPy body runs instead
+parallel_min_size = 16384  # the row kernels: below this many elements (of the first array) the serial twin runs
+ROW_KERNELS = frozenset({"layer_norm_forward", "layer_norm_backward", "attention_softmax_",
+                         "attention_softmax_backward_"})  # fmt: skip
+
+
+def runs_on(name: str, size: int) -> bool:
+    """Whether kernel `name` runs on a first array of `size` elements (else the NumPy body does)."""
+    return size >= (min(1, min_size) if name in ROW_KERNELS else min_size)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes the kernels are compiled for
 
 
 if AVAILABLE:
+    class _Twin:
+        """A row loop compiled twice: threaded for large arrays, serial for small ones (see the module docstring)."""
+
+        def __init__(self, fn, fastmath: bool):
+            self.threaded = njit(parallel=True, cache=True, fastmath=fastmath)(fn)
+            # a function of its own name, so that numba's on-disk cache keeps the two compilations apart
+            serial = pytypes.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__)
+            serial.__qualname__ = fn.__qualname__ + "_serial"
+            # error_model "numpy": x / 0 gives inf or nan as in the threaded loop, instead of raising
+            self.serial = njit(cache=True, fastmath=fastmath, error_model="numpy")(serial)
+            self.__doc__ = fn.__doc__
+
+        def __call__(self, *args):
+            return (self.threaded if args[0].size >= parallel_min_size else self.serial)(*args)
+
     _jit = njit(parallel=True, cache=True, fastmath=True)
     _jit_exact = njit(parallel=True, cache=True)  # no reassociation: matches NumPy's rounding closely
+
+    def _jit_rows(fn):
+        return _Twin(fn, fastmath=True)
     GELU_C = math.sqrt(2 / math.pi)
 
     # ------------------------------------------------------------ exp and tanh that vectorize
@@ -118,7 +149,7 @@ if AVAILABLE:
             tt = fast_tanh(c * (v + a * v * v * v))
             out[i] = gy[i] * (half * (one + tt) + half * v * (one - tt * tt) * c * (one + three_a * v * v))
 
-    @_jit
+    @_jit_rows
     def _layer_norm_forward_loop(x, w, b, eps, y, xhat, rstd):
         """Rows of x (N, C) -> y, with xhat and rstd (N,) saved for backward."""
         n, c = x.shape
@@ -138,7 +169,7 @@ if AVAILABLE:
                 xhat[r, j] = h
                 y[r, j] = h * w[j] + b[j]
 
-    @_jit
+    @_jit_rows
     def _layer_norm_backward_loop(gy, xhat, rstd, w, gx, gw_parts, gb_parts):
         """gx (N, C); per-chunk partial sums of gw and gb (n_chunks, C), summed by the caller."""
         n, c = gy.shape
@@ -159,7 +190,7 @@ if AVAILABLE:
                 for j in range(c):
                     gx[r, j] = rstd[r] * (gy[r, j] * w[j] - m1 - xhat[r, j] * m2)
 
-    @_jit
+    @_jit_rows
     def _attention_softmax_loop(att, scale, causal):
         """In place: att (R, Tq, Tk) of raw scores -> softmax(scale * att) with the causal mask."""
         n_mat, t_q, t_k = att.shape
@@ -180,7 +211,7 @@ if AVAILABLE:
             for j in range(last + 1, t_k):
                 att[m, i, j] = 0.0
 
-    @_jit
+    @_jit_rows
     def _attention_softmax_backward_loop(gatt, att, scale):
         """In place: gatt <- scale * att * (gatt - sum(gatt * att)) along the last axis."""
         n_mat, t_q, t_k = att.shape

@@ -14,7 +14,7 @@ import functools
 import math
 
 from tinygrad_gpt import backend, kernels, ops, shapes
-from tinygrad_gpt.autograd import Function, as_tensors
+from tinygrad_gpt.autograd import Function, as_tensors, is_grad_enabled
 from tinygrad_gpt.tensor import Tensor, _raw
 
 
@@ -388,7 +388,7 @@ def _softmax_scores_(att, scale: float, causal: bool, mask=None) -> None:
         return
     xp = backend.get_array_module(att)
     att *= scale
-    if causal:
+    if causal and att.shape[-2] > 1:  # one query row sits at the last position: it sees every key
         att += _causal_bias(att.shape[-2], att.shape[-1], att.dtype.name, backend.device_of(att))
     if mask is not None:  # a boolean mask (True: attend) as 0 / -inf, or a float mask as it is
         att += xp.where(mask, 0.0, -xp.inf).astype(att.dtype) if mask.dtype == bool else mask
@@ -465,6 +465,61 @@ class SelfAttention(Function):
         out = tuple(gqkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
         _attend_backward(_as_heads(gy, heads.shape[3]), q, k, v, self.att, out=out)
         return gqkv.reshape(*gqkv.shape[:2], -1)  # (B, T, 3C)
+
+
+class CachedSelfAttention(Function):
+    """Inference: causal attention of new positions over a key/value cache, straight from qkv (no graph).
+
+    Writes the new positions' keys and values (heads of the (B, T, 3C) input) into the cache buffers
+    at [start, start + T) and attends over [0, start + T), all on arrays: one Function per layer and
+    token instead of the split, reshapes, transposes and cache appends of the generic path.
+    """
+
+    def forward(self, qkv, k_cache=None, v_cache=None, start=0, n_head=1):
+        xp = backend.get_array_module(qkv)
+        B, T, C3 = qkv.shape
+        heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head))  # (B, T, 3, nh, hs)
+        q, k, v = (heads[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # 3 x (B, nh, T, hs) views
+        end = start + T
+        k_cache[:, :, start:end] = k  # (B, nh, block_size, hs) buffers
+        v_cache[:, :, start:end] = v
+        y = xp.empty((B, T, C3 // 3), dtype=qkv.dtype)  # (B, T, C)
+        _attend(q, k_cache[:, :, :end], v_cache[:, :, :end], True, out=_as_heads(y, n_head))
+        return y
+
+    def backward(self, gy):
+        raise RuntimeError("cached_self_attention has no backward: a key/value cache is for inference")
+
+
+def cached_self_attention(qkv: Tensor, n_head: int, k_cache, v_cache, start: int) -> Tensor:
+    """Causal self-attention of T new positions over `start` cached ones, updating the cache (inference only).
+
+    Equal to writing the new k, v heads into the cache at [start, start + T) and calling
+    scaled_dot_product_attention(q, k_cache[..., :start + T, :], v_cache[..., :start + T, :], is_causal=True)
+    (the mask aligned bottom-right), then merging the heads.
+
+    Args:
+        qkv: (B, T, 3 C) from the fused projection; n_head divides C.
+        k_cache, v_cache: arrays (B, nh, block_size, hs) of qkv's dtype and device, written in place.
+        start: positions already cached; start + T <= block_size.
+    Returns:
+        (B, T, C), without a graph.
+    """
+    if qkv.ndim != 3 or qkv.shape[-1] % (3 * n_head) != 0:
+        raise ValueError(f"cached_self_attention: qkv of shape {qkv.shape} is not (B, T, 3 C) with C divisible "
+                         f"by n_head={n_head}")
+    B, T, C3 = qkv.shape
+    want = (B, n_head, C3 // (3 * n_head))
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.ndim != 4 or (cache.shape[0], cache.shape[1], cache.shape[3]) != want:
+            raise ValueError(f"cached_self_attention: {name} of shape {tuple(cache.shape)} does not fit qkv "
+                             f"{qkv.shape} with n_head={n_head}: need ({B}, {n_head}, block_size, {want[2]})")
+    if not 0 <= start or start + T > k_cache.shape[2]:
+        raise ValueError(f"cached_self_attention: positions [{start}, {start + T}) do not fit a cache of "
+                         f"{k_cache.shape[2]} positions")
+    if qkv.requires_grad and is_grad_enabled():
+        raise RuntimeError("cached_self_attention holds no graph: use it under no_grad()")
+    return CachedSelfAttention.apply(qkv, k_cache=k_cache, v_cache=v_cache, start=start, n_head=n_head)
 
 
 def _as_heads(x, n_head: int):
