@@ -153,14 +153,30 @@ class Optimizer:
 # ---------------------------------------------------------------- SGD
 
 
-class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum and L2 weight decay, as torch.optim.SGD."""
+class MomentumOptimizer(Optimizer):
+    """An optimizer whose state is one momentum buffer per parameter (SGD, Muon), in torch's layout."""
 
     _state_keys = ("momentum_buffer",)
 
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, defaults)
+        self._momentum_buffers: list = [None] * len(self._params)  # made at a parameter's first step
+
+    def _get_state(self, i: int) -> dict | None:
+        buf = self._momentum_buffers[i]
+        return None if buf is None else {"momentum_buffer": buf.copy()}
+
+    def _set_state(self, state: dict) -> None:
+        self._momentum_buffers = [
+            state[i]["momentum_buffer"].copy() if i in state else None for i in range(len(self._params))
+        ]
+
+
+class SGD(MomentumOptimizer):
+    """Stochastic gradient descent with optional momentum and L2 weight decay, as torch.optim.SGD."""
+
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
-        self._momentum_buffers: list = [None] * len(self._params)
 
     def step(self) -> None:
         """p -= lr * buf, buf = momentum * buf + (g + weight_decay * p) (buf = g alone without momentum)."""
@@ -184,14 +200,6 @@ class SGD(Optimizer):
                     g = buf
                 p.data -= g * lr
 
-    def _get_state(self, i: int) -> dict | None:
-        buf = self._momentum_buffers[i]
-        return None if buf is None else {"momentum_buffer": buf.copy()}
-
-    def _set_state(self, state: dict) -> None:
-        self._momentum_buffers = [
-            state[i]["momentum_buffer"].copy() if i in state else None for i in range(len(self._params))
-        ]
 
 
 # ---------------------------------------------------------------- clipping

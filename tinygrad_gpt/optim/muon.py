@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from tinygrad_gpt import backend
-from tinygrad_gpt.optim.base import Optimizer
+from tinygrad_gpt.optim.base import MomentumOptimizer, Optimizer
 
 # ---------------------------------------------------------------- Muon
 
@@ -45,7 +45,7 @@ def zeropower_via_newtonschulz5(G, steps: int = 5):
     return xp.swapaxes(X, -1, -2) if transposed else X
 
 
-class Muon(Optimizer):
+class Muon(MomentumOptimizer):
     """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan 2024), for the 2-D hidden matrices of a network.
 
     Per parameter W and step:
@@ -69,8 +69,6 @@ class Muon(Optimizer):
     parameters. State per parameter: "momentum_buffer", as torch.optim.SGD.
     """
 
-    _state_keys = ("momentum_buffer",)
-
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, ns_steps: int = 5):
         defaults = {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
@@ -78,7 +76,6 @@ class Muon(Optimizer):
         super().__init__(params, defaults)
         for g, group in enumerate(self.param_groups):
             _check_muon_group(group, group["params"], f"Muon: parameter group {g}")
-        self._momentum_buffers: list = [None] * len(self._params)
 
     def step(self) -> None:
         """One Muon step for every parameter that has a gradient."""
@@ -107,15 +104,6 @@ class Muon(Optimizer):
         for g, (hyper, group) in enumerate(zip(hypers, self.param_groups)):
             _check_muon_group(hyper, group["params"], f"load_state_dict: param_groups[{g}]")
         return hypers, index_of
-
-    def _get_state(self, i: int) -> dict | None:
-        buf = self._momentum_buffers[i]
-        return None if buf is None else {"momentum_buffer": buf.copy()}
-
-    def _set_state(self, state: dict) -> None:
-        self._momentum_buffers = [
-            state[i]["momentum_buffer"].copy() if i in state else None for i in range(len(self._params))
-        ]
 
 
 def _orthogonalized(update, n_blocks: int, ns_steps: int):
