@@ -203,15 +203,6 @@ class KVCache:
         self.k, self.v = xp.zeros(shape, dtype=dtype), xp.zeros(shape, dtype=dtype)
         self.length = 0  # positions cached; GPT.forward advances it after all layers ran
 
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append the new positions' k, v (B, nh, T, hs) of `layer`; return all of them (B, nh, length + T, hs)."""
-        end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length : end] = k.data
-        self.v[layer, :, :, self.length : end] = v.data
-        keys, values = self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # views, no copy
-        device = backend.device_of(keys)
-        return Tensor(keys, dtype=keys.dtype, device=device), Tensor(values, dtype=values.dtype, device=device)
-
 
 # ---------------------------------------------------------------- the model
 

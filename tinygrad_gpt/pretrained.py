@@ -41,7 +41,7 @@ from tinygrad_gpt.checkpoint import (
 )
 from tinygrad_gpt.data import CharTokenizer, Tokenizer, tokenizer_kind
 from tinygrad_gpt.model import GPT, GPTConfig
-from tinygrad_gpt.tokenizers import BPETokenizer
+from tinygrad_gpt.tokenizers import BPETokenizer, read_json_object
 
 HF_CONFIG, WEIGHTS, META, CHARS = "config.json", "model.safetensors", "meta.json", "tinygrad_gpt_chars.json"
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some transformers versions save
@@ -235,18 +235,6 @@ def load_weights(model: GPT, path: Path, names: dict, transposed: set) -> None:
 # ---------------------------------------------------------------- the two kinds of directory
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is unreadable: {e}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} must hold a JSON object")
-    return value
-
-
 def _hf_names(keys, source: Path, tie: bool) -> tuple[dict, set]:
     """(file key -> parameter name, transposed parameter names) for a Hugging Face GPT-2 file's keys."""
     names = {}
@@ -279,7 +267,7 @@ def _tied_in_file(path: Path, entries: dict, data_start: int) -> bool | None:
 def _load_hf(path: Path) -> GPT:
     """A Hugging Face GPT-2 directory: config.json + model.safetensors."""
     config_path, weights = path / HF_CONFIG, path / WEIGHTS
-    hf = _read_json(config_path)
+    hf = read_json_object(config_path)
     if not weights.is_file():
         raise ValueError(f"{weights} is missing (a Hugging Face GPT-2 directory holds config.json and "
                          "model.safetensors; .bin files are pickles and are not read)")
@@ -307,7 +295,7 @@ def checkpoint_dir(path: Path) -> Path:
 
 def _load_checkpoint_dir(path: Path) -> GPT:
     ckpt = checkpoint_dir(path)
-    meta = _read_json(ckpt / META)
+    meta = read_json_object(ckpt / META)
     if meta.get("format") != FORMAT or not isinstance(meta.get("model_config"), dict):
         raise ValueError(f"{ckpt / META} is not a tinygrad_gpt checkpoint (no format/model_config)")
     try:
@@ -432,9 +420,9 @@ def load_tokenizer(path) -> BPETokenizer | CharTokenizer:
             return BPETokenizer.from_pretrained(place)
     for place in places:
         if (place / CHARS).is_file():
-            return CharTokenizer(_read_json(place / CHARS).get("chars", []))
+            return CharTokenizer(read_json_object(place / CHARS).get("chars", []))
         if (place / META).is_file():
-            meta = _read_json(place / META)
+            meta = read_json_object(place / META)
             if isinstance(meta.get("vocab"), list):
                 return CharTokenizer(meta["vocab"])
             raise ValueError(f"{place / META} has no 'vocab', and neither {place} nor {path} holds vocab.json + "

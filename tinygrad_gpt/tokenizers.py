@@ -419,14 +419,22 @@ def token_string(data: bytes) -> str:
     return "".join(table[b] for b in data)
 
 
-def _read_json_vocab(path: Path) -> dict:
+def read_json_object(path: Path, missing_hint: str = "") -> dict:
+    """The JSON object in `path`, or ValueError naming the file: missing, unreadable, or not an object."""
     try:
-        vocab = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path} is missing (a BPE tokenizer needs vocab.json and merges.txt)") from None
+        raise ValueError(f"{path} is missing{missing_hint}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable: {e}") from None
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return value
+
+
+def _read_json_vocab(path: Path) -> dict:
+    vocab = read_json_object(path, " (a BPE tokenizer needs vocab.json and merges.txt)")
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
         raise ValueError(f"{path} must be a JSON object mapping token strings to integer ids")
     if sorted(vocab.values()) != list(range(len(vocab))):
         raise ValueError(f"{path}: the ids must be 0 .. {len(vocab) - 1}, each once")
