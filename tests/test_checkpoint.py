@@ -237,6 +237,8 @@ def test_a_checkpoint_of_the_first_format_resumes_samples_and_evaluates_as_befor
         assert [r.get("loss_scale") for r in records if "loss" in r] == [expected["loss_scale"]] * 3
     meta = load_checkpoint(tmp_path / "out" / "ckpt_latest").meta
     assert meta["iter_num"] == 9 and meta["train_config"]["dtype"] == dtype
+    # written before --optimizer and --lr_schedule existed: it goes on with what it ran with, not today's defaults
+    assert meta["train_config"]["optimizer"] == "adamw" and meta["train_config"]["lr_schedule"] == "cosine"
     with open(os.path.join(FIXTURES, dtype, "meta.json")) as f:
         old = json.load(f)
     # the old layout survives key for key and in order; settings added since then may follow

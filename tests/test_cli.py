@@ -30,6 +30,8 @@ from tinygrad_gpt.checkpoint import find_checkpoint, load_checkpoint
 TINY = "--n_layer 1 --n_head 2 --n_embd 16 --block_size 8 --batch_size 4 --eval_iters 2 --log_interval 1"
 TINY += " --max_new_tokens 20 --plot false --eval_interval 5"
 CORPUS = "hello world, this is a tiny corpus for testing the model.\n" * 40
+# GPT-2's layout and nanoGPT's AdamW recipe instead of the default run's speedrun recipe (exportable to GPT-2)
+GPT2 = f"--config {Path(__file__).resolve().parents[1] / 'configs' / 'gpt2.toml'}"
 TRAIN_ERROR = "python -m tinygrad_gpt.train: error:"
 SAMPLE_ERROR = "python -m tinygrad_gpt.sample: error:"
 
@@ -319,8 +321,10 @@ def test_fine_tuning_on_new_text_keeps_the_weights_and_grows_the_vocabulary(trai
     n_old = len(old.meta["vocab"])
     assert new.meta["vocab"][:n_old] == old.meta["vocab"] and set("QUIZ!F-") <= set(new.meta["vocab"])
     np.testing.assert_array_equal(new.model_state["wte.weight"][:n_old], old.model_state["wte.weight"])
+    np.testing.assert_array_equal(new.model_state["lm_head.weight"][:, :n_old], old.model_state["lm_head.weight"])
+    assert new.model_state["lm_head.weight"].shape == (16, len(new.meta["vocab"]))  # the untied head grows too
     for name, value in old.model_state.items():
-        if name != "wte.weight":
+        if name not in ("wte.weight", "lm_head.weight"):
             np.testing.assert_array_equal(new.model_state[name], value)
     assert new.meta["model_config"]["n_embd"] == 16  # the shape comes from the checkpoint, not the defaults
     assert train.main([*args, "--max_iters", "5", "--dropout", "0.1", "--overwrite"]) == 0  # and it trains
@@ -330,8 +334,8 @@ def test_fine_tuning_on_new_text_keeps_the_weights_and_grows_the_vocabulary(trai
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     (tmp_path / "corpus.txt").write_text(CORPUS)
-    result = run("train", f"--data corpus.txt {TINY} --out_dir out --max_iters 50 --learning_rate 1e9 "
-                 "--grad_clip 0 --warmup_iters 0", tmp_path)  # fmt: skip
+    result = run("train", f"--data corpus.txt {GPT2} {TINY} --out_dir out --max_iters 50 --learning_rate 1e9 "
+                 "--grad_clip 0 --warmup_iters 0", tmp_path)  # fmt: skip (AdamW on every weight, no soft-cap)
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line]  # (stderr also has the progress bar)
     assert len(errors) == 1 and "Traceback" not in result.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import TINY, TRAIN_ERROR, losses, one_error_line, run, snapshot
+from test_cli import GPT2, TINY, TRAIN_ERROR, losses, one_error_line, run, snapshot
 
 from tinygrad_gpt import BPETokenizer, CharTokenizer, backend, data, export, load_tokenizer, no_grad, sample, train
 from tinygrad_gpt.model import GPT
@@ -24,7 +24,7 @@ from tinygrad_gpt.model import GPT
 HAS_HF = all(importlib.util.find_spec(m) is not None for m in ("transformers", "torch", "tokenizers"))
 requires_hf = pytest.mark.skipif(not HAS_HF, reason="needs transformers, tokenizers and torch (pip install '.[test]')")
 CORPUS = "Hello world, this is a tiny corpus for testing the model. Ünïcödé too: naïve café, 東京.\n" * 60
-BPE = f"{TINY} --tokenizer bpe --vocab_size 300"
+BPE = f"{TINY} --tokenizer bpe --vocab_size 300"  # the default run's architecture (not exportable)
 SAMPLE_ERROR = "python -m tinygrad_gpt.sample: error:"
 EXPORT_ERROR = "python -m tinygrad_gpt.export: error:"
 HF_ARCH = dict(n_layer=1, n_head=2, n_embd=16, n_positions=32)
@@ -45,7 +45,7 @@ def bpe_run(tmp_path_factory) -> Path:
     """corpus.txt and out/, a tiny model with a 300-token BPE trained for 10 iterations (by a subprocess)."""
     root = tmp_path_factory.mktemp("bpe_run")
     (root / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    result = run("train", f"--data corpus.txt --out_dir out --max_iters 10 --learning_rate 0.01 {BPE}", root)
+    result = run("train", f"--data corpus.txt --out_dir out --max_iters 10 --learning_rate 0.01 {GPT2} {BPE}", root)
     assert result.returncode == 0, result.stderr
     (root / "stdout.txt").write_text(result.stdout)
     return root
@@ -230,7 +230,7 @@ def test_export_of_a_char_run_says_what_it_writes(tmp_path):
     from transformers import GPT2LMHeadModel
 
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 2 {TINY}"
+    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 2 {GPT2} {TINY}"
     assert train.main(args.split()) == 0
     result = run("export", "out/ckpt_latest hf", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -273,11 +273,22 @@ def test_export_overwrite_replaces_the_model_and_drops_other_tokenizer_files(bpe
 
 def test_export_refuses_a_model_gpt2_cannot_express_before_writing(tmp_path, capsys):
     (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
-    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 0 --norm post {TINY}"
+    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 0 --norm post {GPT2} {TINY}"
     assert train.main(args.split()) == 0
     capsys.readouterr()
     assert export.main([str(tmp_path / "out"), str(tmp_path / "hf")]) == 2
     assert "norm='post'" in one_error_line(capsys.readouterr().err, EXPORT_ERROR)
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_of_a_default_run_names_what_gpt2_lacks_and_the_config_that_trains_gpt2(tmp_path, capsys):
+    (tmp_path / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    args = f"--data {tmp_path / 'corpus.txt'} --out_dir {tmp_path / 'out'} --max_iters 0 {TINY}"
+    assert train.main(args.split()) == 0
+    capsys.readouterr()
+    assert export.main([str(tmp_path / "out"), str(tmp_path / "hf")]) == 2
+    line = one_error_line(capsys.readouterr().err, EXPORT_ERROR)
+    assert "Hugging Face GPT-2 has no" in line and "configs/gpt2.toml" in line
     assert not (tmp_path / "hf").exists()
 
 

@@ -284,7 +284,7 @@ def _rewrite_header(path: Path, change) -> None:
 @pytest.mark.parametrize("shape", [[True, 16], [-1, 16], [1.5, 16], ["16", 16]])
 def test_a_safetensors_shape_of_bools_or_negatives_is_refused(copy_of, shape, capsys):
     out = copy_of()
-    _rewrite_header(out / "ckpt_best" / "model.safetensors", lambda h: h["wpe.weight"].update(shape=shape))
+    _rewrite_header(out / "ckpt_best" / "model.safetensors", lambda h: h["wte.weight"].update(shape=shape))
     assert sample.main(["--out_dir", str(out), "--max_new_tokens", "3"]) == 2
     assert "invalid shape" in one_error_line(capsys.readouterr().err, SAMPLE_ERROR)
 

@@ -6,6 +6,7 @@ checked to parse and to train a few iterations on the tiny corpus.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 
 from tinygrad_gpt import data, train
 from tinygrad_gpt.checkpoint import load_checkpoint
+from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.optim import AdamW, MultiOptimizer, Muon
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,14 +73,32 @@ def test_each_group_gets_its_own_peak_rate_under_the_schedule(tmp_path, corpus):
     assert train.get_lr(config, 15, 1.0) == pytest.approx(0.55)
 
 
-def test_adamw_stays_the_default_with_one_rate_for_every_group(tmp_path, corpus):
+def test_the_default_run_is_the_recipe_and_gpt2_char_toml_is_nanogpts(tmp_path, corpus):
     config = train.make_config(*_values(f"--data {corpus} --out_dir {tmp_path} {TINY} --max_iters 20"), None)
     run = train.setup(config, None)
-    assert isinstance(run.optimizer, AdamW) and config.lr_schedule == "cosine"
+    assert isinstance(run.optimizer, MultiOptimizer) and config.optimizer == "muon" and config.lr_schedule == "wsd"
+    assert (config.model.pos_encoding, config.model.norm_type, config.model.activation) == ("rope", "rmsnorm", "relu2")
+    zero = train.make_config(*_values(f"--data {corpus} --out_dir {tmp_path} {TINY} --zero 1"), None)
+    assert zero.optimizer == "adamw"  # ZeRO-1 shards AdamW's moments
+    gpt2 = train.make_config(*_values(f"--config {REPO / 'configs' / 'gpt2.toml'} --data {corpus} "
+                                      f"--out_dir {tmp_path} {TINY} --max_iters 20"), None)
+    sizes, gpt2_layout = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout"), GPTConfig()
+    for f in dataclasses.fields(GPTConfig):  # everything but the sizes: GPTConfig's own defaults, GPT-2's
+        assert f.name in sizes or getattr(gpt2.model, f.name) == getattr(gpt2_layout, f.name), f.name
+    run = train.setup(gpt2, None)
+    assert isinstance(run.optimizer, AdamW) and gpt2.lr_schedule == "cosine"
     run.iter_num = 7
     lr = train.set_learning_rates(run)
     assert lr == train.cosine_lr(7, 1e-3, 2, 20, 1e-4)
     assert all(group["lr"] == lr for group in run.optimizer.param_groups)
+
+
+def test_fine_tuning_defaults_to_adamw(tmp_path, corpus):
+    assert train.main(f"--data {corpus} --out_dir {tmp_path / 'a'} {TINY} --max_iters 5".split()) == 0
+    argv = f"--init_from {tmp_path / 'a'} --data {corpus} --out_dir {tmp_path / 'b'} {TINY} --max_iters 2"
+    assert train.main(argv.split()) == 0
+    assert load_checkpoint(tmp_path / "a" / "ckpt_latest").meta["train_config"]["optimizer"] == "muon"
+    assert load_checkpoint(tmp_path / "b" / "ckpt_latest").meta["train_config"]["optimizer"] == "adamw"
 
 
 def _values(args: str) -> tuple[dict, set]:
@@ -143,7 +163,7 @@ def test_bad_speedrun_flags_are_one_line_and_exit_2(tmp_path, corpus, capsys, ar
 
 
 def test_resuming_an_adamw_run_with_muon_is_refused_in_one_line(tmp_path, corpus, capsys):
-    assert train.main(f"--data {corpus} --out_dir {tmp_path / 'a'} {TINY} --max_iters 5".split()) == 0
+    assert train.main(f"--data {corpus} --out_dir {tmp_path / 'a'} {TINY} --max_iters 5 --optimizer adamw".split()) == 0
     capsys.readouterr()
     assert train.main(f"--init_from resume --out_dir {tmp_path / 'a'} --max_iters 8 --optimizer muon".split()) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -213,10 +213,13 @@ def _converter(base: type, optional: bool):
 def check_value(key: str, value, base: type, optional: bool, source: str):
     """A value read from a file (config file, checkpoint), checked against the field's type; ints are fine for floats.
 
+    An optional setting takes None as null in JSON and as "none" in a TOML file (which has no null), as on the
+    command line (`--name none`).
+
     Raises:
         UsageError naming the source and the key: a wrong type, or a float that is NaN or infinite.
     """
-    if value is None and optional:
+    if optional and (value is None or isinstance(value, str) and value.lower() in ("none", "null")):
         return None
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         try:

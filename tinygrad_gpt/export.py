@@ -36,6 +36,7 @@ from tinygrad_gpt.pretrained import (
 
 PROG = "python -m tinygrad_gpt.export"
 EXAMPLES = """examples:
+  python -m tinygrad_gpt.train --config configs/gpt2.toml --tokenizer bpe --out_dir out-bpe   # GPT-2's layout
   python -m tinygrad_gpt.export out-bpe my-gpt2            # out-bpe/ckpt_best -> my-gpt2/
   python -m tinygrad_gpt.export out/ckpt_latest my-gpt2 --overwrite
 then, in Python:  transformers.GPT2LMHeadModel.from_pretrained("my-gpt2")
@@ -85,7 +86,8 @@ def export(ckpt_dir, hf_dir, which: str = "best", overwrite: bool = False) -> tu
         (the names of the files in hf_dir, the tokenizer written).
     Raises:
         UsageError or ValueError, one line each: a missing or damaged checkpoint, a model GPT-2 cannot
-        express (post-norm, sinusoidal positions, no biases), or a target that may not be written.
+        express (post-norm, rotary positions, RMSNorm, no biases, ...: the default run's architecture), or a
+        target that may not be written.
         Everything is checked before the first file is written.
     """
     ckpt_dir, hf_dir = Path(ckpt_dir), Path(hf_dir)
@@ -93,7 +95,11 @@ def export(ckpt_dir, hf_dir, which: str = "best", overwrite: bool = False) -> tu
     check_target(hf_dir, overwrite)
     model, tokenizer = load_pretrained(source), load_tokenizer(source)
     check_vocab(tokenizer, model.config, source)
-    hf_config_from_gpt(model.config)  # raises for what GPT-2 cannot express
+    try:
+        hf_config_from_gpt(model.config)  # raises for what GPT-2 cannot express
+    except ValueError as e:  # e.g. the default run's speedrun architecture
+        raise ValueError(f"{source}: {e} (python -m tinygrad_gpt.train --config configs/gpt2.toml trains "
+                         "GPT-2's layout)") from None
     for name in STALE if hf_dir.is_dir() else ():
         (hf_dir / name).unlink(missing_ok=True)
     model.save_pretrained(hf_dir, tokenizer=tokenizer)

@@ -70,7 +70,8 @@ from tinygrad_gpt.validate import check_memory, training_memory
 
 PROG = "python -m tinygrad_gpt.train"
 EXAMPLES = """examples:
-  python -m tinygrad_gpt.train                                  # Python's docs, default model, ~5 minutes
+  python -m tinygrad_gpt.train                                  # Python's docs, the speedrun recipe, 2-5 minutes
+  python -m tinygrad_gpt.train --config configs/gpt2.toml       # GPT-2's architecture and AdamW (exportable)
   python -m tinygrad_gpt.train --data shakespeare --out_dir out-shakespeare
   python -m tinygrad_gpt.train --init_from resume               # continue out/ exactly where it stopped
   python -m tinygrad_gpt.train --init_from out/ckpt_best --data my_text.txt --out_dir out-ft --dropout 0.1

@@ -24,14 +24,23 @@ from tinygrad_gpt.model import GPTConfig
 from tinygrad_gpt.pretrained import HF_CONFIG, checkpoint_tokenizer, hf_checkpoint
 from tinygrad_gpt.validate import check_meta, check_weights
 
-DEFAULT_MAX_ITERS = 3500  # the no-argument run: about 5 minutes on 2 CPU cores (measured: README)
+DEFAULT_MAX_ITERS = 2000  # the no-argument run: about 2 minutes on 2 CPU cores of 2026 (measured: README)
 DEFAULT_BPE_VOCAB = 1024  # --tokenizer bpe without --vocab_size
 MAX_VOCAB = 1 << 16  # the token files are uint16
 
 
 def default_model() -> GPTConfig:
-    """The model of the no-argument run (about 0.8M parameters); vocab_size is set from the data."""
-    return GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128)
+    """The model of the no-argument run: nanoGPT's CPU shape (about 0.8M parameters) with the NanoGPT speedrun's
+    architecture (docs/faster.md); vocab_size is set from the data. GPTConfig's own defaults stay GPT-2's, and
+    configs/gpt2.toml trains GPT-2's layout (for export to Hugging Face's format)."""
+    return GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False, pos_encoding="rope",
+                     norm_type="rmsnorm", qk_norm=True, activation="relu2", tie_weights=False, zero_init_head=True,
+                     logit_softcap=15.0)
+
+
+# Settings a checkpoint written before they existed was trained with (their defaults have changed since):
+# resuming such a checkpoint keeps them.
+BEFORE_THEY_EXISTED = {"optimizer": "adamw", "lr_schedule": "cosine"}
 
 
 @dataclass
@@ -90,10 +99,11 @@ class TrainConfig:
     beta2: float = option(0.99, "AdamW beta2")
     grad_clip: float = option(1.0, "clip the gradients' total norm to this (0: no clipping)")
     # Muon (--optimizer muon)
-    optimizer: str = option(
-        "adamw",
+    optimizer: str | None = option(
+        None,
         "adamw: AdamW for every parameter; muon: Muon for the blocks' hidden matrices and AdamW (beta1, beta2, "
-        "no weight decay) for the embeddings, the head, gains and biases (GPT.optimizer_groups)",
+        "no weight decay) for the embeddings, the head, gains and biases (GPT.optimizer_groups); None: muon for a "
+        "run from scratch, adamw to fine-tune (--init_from a directory) or with --zero 1",
         choices=("adamw", "muon"),
     )
     muon_lr: float = option(0.02, "--optimizer muon: Muon's peak learning rate (the hidden matrices)")
@@ -106,12 +116,12 @@ class TrainConfig:
     # learning-rate schedule (it scales every group's own peak rate; min_lr scales along)
     decay_lr: bool = option(True, "linear warmup then the lr_schedule's decay; False keeps every rate constant")
     lr_schedule: str = option(
-        "cosine",
+        "wsd",
         "cosine: warmup, cosine decay to min_lr (nanoGPT); wsd: warmup, constant, then a linear decay to min_lr "
         "over the last decay_frac of lr_decay_iters (the NanoGPT speedrun's)",
         choices=("cosine", "wsd"),
     )
-    decay_frac: float = option(0.2, "--lr_schedule wsd: the fraction of lr_decay_iters spent decaying")
+    decay_frac: float = option(0.4, "--lr_schedule wsd: the fraction of lr_decay_iters spent decaying")
     warmup_iters: int | None = option(None, "warmup iterations (None: min(100, max_iters // 10))")
     lr_decay_iters: int | None = option(None, "iteration where the decay reaches min_lr (None: max_iters)")
     min_lr: float | None = option(None, "learning rate at the end of the decay (None: learning_rate / 10)")
@@ -169,7 +179,7 @@ class TrainConfig:
                 raise UsageError(f"--{name} {requirement}, got {getattr(self, name)}")
         if self.zero and self.dtype != "float32":
             raise UsageError(f"--zero 1 works with --dtype float32 only, got --dtype {self.dtype}")
-        if self.zero and self.optimizer != "adamw":
+        if self.zero and self.optimizer == "muon":
             raise UsageError(f"--zero 1 shards AdamW's moments, so it needs --optimizer adamw, got {self.optimizer}")
         if self.vocab_size is not None and self.tokenizer != "bpe":
             raise UsageError(f"--vocab_size is for --tokenizer bpe (a character vocabulary is the text's characters), "
@@ -181,7 +191,8 @@ class TrainConfig:
             raise UsageError(f"--lr_decay_iters {self.lr_decay_iters} must be >= --warmup_iters {self.warmup_iters}")
 
     def resolved(self) -> TrainConfig:
-        """A copy with the None defaults of the schedule and a new BPE's size filled in (saved: a resume keeps them)."""
+        """A copy with the None defaults of the optimizer, the schedule and a new BPE's size filled in (saved: a resume
+        keeps them)."""
         lr_decay_iters = self.max_iters if self.lr_decay_iters is None else self.lr_decay_iters
         warmup = min(100, self.max_iters // 10) if self.warmup_iters is None else self.warmup_iters
         warmup = min(warmup, lr_decay_iters)
@@ -190,8 +201,13 @@ class TrainConfig:
                 f"--lr_schedule wsd: the warmup ({warmup} iterations) overlaps the decay over the last "
                 f"{self.decay_frac} of {lr_decay_iters} iterations; lower --warmup_iters or --decay_frac"
             )
+        if self.optimizer is None:
+            optimizer = "muon" if self.init_from == "scratch" and not self.zero else "adamw"
+        else:
+            optimizer = self.optimizer
         return dataclasses.replace(
             self,
+            optimizer=optimizer,
             warmup_iters=warmup,
             lr_decay_iters=lr_decay_iters,
             min_lr=self.learning_rate / 10 if self.min_lr is None else self.min_lr,
@@ -282,6 +298,7 @@ def make_config(values: dict, given: set, ckpt: Checkpoint | None) -> TrainConfi
     if values["init_from"] == "resume":
         flags = {flag.name: flag for flag in flags_of(TrainConfig)}
         kept = {k: v for k, v in ckpt.meta["train_config"].items() if k in flags and not flags[k].command_line_only}
+        kept = {**BEFORE_THEY_EXISTED, **kept}
         try:
             build_config(TrainConfig, {**kept, **saved})
         except (UsageError, ValueError, TypeError) as e:
