@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 from tinygrad_gpt import backend
@@ -35,6 +36,7 @@ from tinygrad_gpt.tensor import Tensor
 # (MPI_LOCALRANKID), Open MPI (OMPI_*) and PMIx-based launchers (PMIX_RANK).
 MPI_LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
 MPI_INSTALL_HINT = 'pip install "tinygrad_gpt[mpi]" (mpi4py and an MPI such as mpich)'
+ABORT_GRACE_S = 0.2  # World.abort: time for mpiexec to forward the failing rank's last lines (a test once lost them)
 
 
 class DistributedError(RuntimeError):
@@ -185,6 +187,7 @@ class MPIWorld(World):
     def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)  # let the launcher forward this rank's message before it kills every rank
         self.comm.Abort(code)
 
 
