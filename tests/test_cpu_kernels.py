@@ -48,6 +48,12 @@ def _run_both(fn, *arrays, dtype):
         ("non-causal attention", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=False),
          [(2, 3, 7, 4)] * 3),
         ("self attention", lambda qkv: F.causal_self_attention(qkv, 3), [(2, 7, 18)]),
+        ("rotary", lambda x: F.rotary(x, *F.rotary_tables(7, 6)), [(2, 3, 7, 6)]),
+        ("rotary of a transposed view", lambda x: F.rotary(x.transpose(1, 2), *F.rotary_tables(7, 6)), [(2, 7, 3, 6)]),
+        ("qk_norm_rotary", lambda qkv, wq, wk: F.qk_norm_rotary(qkv, 3, wq, wk, *F.rotary_tables(7, 4)),
+         [(2, 7, 36), (4,), (4,)]),
+        ("qk rotary without norm", lambda qkv: F.qk_norm_rotary(qkv, 3, cos=F.rotary_tables(7, 4)[0],
+                                                                sin=F.rotary_tables(7, 4)[1]), [(2, 7, 36)]),
     ],
 )
 def test_kernels_match_numpy_path(name, fn, shapes, dtype, tol):
@@ -124,6 +130,8 @@ def test_find_gives_the_kernel_only_for_arrays_it_was_written_for(monkeypatch):
     assert kernels.find("gelu_forward", x) is cpu.gelu_forward
     assert kernels.find("layer_norm_forward", x, np.ones(40, np.float32), np.ones(40, np.float32))
     assert kernels.find("gelu_forward", x[:, ::2]) is None, "a strided view"
+    heads = np.ones((2, 8, 3, 4, 6), np.float32)  # (B, T, q/k/v, nh, hs) of a fused qkv: q's heads are a strided view
+    assert kernels.find("rotate_", heads[:, :, 0], x[:8, :3], x[:8, :3], heads[:, :, 1]) is cpu.rotate_, "views ok"
     assert kernels.find("gelu_forward", x.astype(np.int64)) is None, "an integer array"
     assert kernels.find("gelu_forward", x.astype(np.float16)) is None, "float16 has no numba kernel"
     assert kernels.find("gelu_backward", x, x.astype(np.float64)) is None, "mixed dtypes"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from tinygrad_gpt import backend
+from tinygrad_gpt import backend, kernels
 from tinygrad_gpt.autograd import as_tensors
 from tinygrad_gpt.tensor import Function, Tensor, _raw
 
@@ -72,6 +72,15 @@ def _rotate(x, cos, sin, out):
     return out
 
 
+def _rotate_heads(x, cos, sin, out):
+    """_rotate for x and out (R, T, H, hs), any strides, and tables cos, sin (T, hs/2); the numba kernel if it runs."""
+    k = kernels.find("rotate_", x, cos, sin, out)
+    if k:
+        k(x, cos, sin, out)
+        return out
+    return _rotate(x, cos[:, None, :], sin[:, None, :], out)  # the tables broadcast over the heads
+
+
 # ---------------------------------------------------------------- RMSNorm
 
 
@@ -123,10 +132,17 @@ class Rotary(Function):
 
     def forward(self, x, cos=None, sin=None):
         self.cos, self.sin = cos, sin
-        return _rotate(x, cos, sin, backend.get_array_module(x).empty_like(x))
+        return self._turn(x, sin)
 
     def backward(self, gy):
-        return _rotate(gy, self.cos, -self.sin, backend.get_array_module(gy).empty_like(gy))  # rotate back
+        return self._turn(gy, -self.sin)  # rotate back
+
+    def _turn(self, x, sin):
+        """x (..., T, hs) rotated into a new C-contiguous array, through its (R, T, 1, hs) view."""
+        out = backend.get_array_module(x).empty(x.shape, dtype=x.dtype)
+        T, hs = x.shape[-2:]
+        _rotate_heads(x.reshape(-1, T, 1, hs), self.cos, sin, out.reshape(-1, T, 1, hs))
+        return out
 
 
 def _check_tables(name: str, x: Tensor, cos, sin, n_positions: int, head_size: int):
@@ -173,8 +189,7 @@ class QKNormRotary(Function):
         self.heads_shape = heads.shape
         out = xp.empty_like(heads)
         out[:, :, 2] = heads[:, :, 2]  # v passes through
-        self.cos = None if cos is None else cos[:, None, :]  # (T, 1, hs/2): broadcast over heads
-        self.sin = None if sin is None else sin[:, None, :]
+        self.cos, self.sin = cos, sin  # (T, hs/2)
         self.weights, self.saved = (q_weight, k_weight), []
         for i, w in enumerate(self.weights):
             x = heads[:, :, i]  # (B, T, nh, hs) view
@@ -182,7 +197,7 @@ class QKNormRotary(Function):
                 x, xhat, rstd = _rms_norm_forward(x, w, eps)
                 self.saved.append((xhat, rstd))
             if self.cos is not None:
-                _rotate(x, self.cos, self.sin, out[:, :, i])
+                _rotate_heads(x, self.cos, self.sin, out[:, :, i])
             else:
                 out[:, :, i] = x
         return out.reshape(qkv.shape)
@@ -196,7 +211,7 @@ class QKNormRotary(Function):
         for i, w in enumerate(self.weights):
             g, out = g_heads[:, :, i], gqkv[:, :, i]
             if self.cos is not None:  # rotate the gradient back, straight into place when no norm follows
-                g = _rotate(g, self.cos, -self.sin, out if w is None else xp.empty_like(g))
+                g = _rotate_heads(g, self.cos, -self.sin, out if w is None else xp.empty_like(g))
             if w is not None:
                 xhat, rstd = self.saved[i]
                 g, gw = _rms_norm_backward(g, xhat, rstd, w, self.needs_grad[1 + i])
