@@ -44,8 +44,9 @@ enabled = AVAILABLE  # flipped by tests to compare both paths
 min_size = 16384  # the elementwise kernels: below this many elements the NumPy body runs instead
 parallel_min_size = 16384  # the row kernels: below this many elements (of the first array) the serial twin runs
 ROW_KERNELS = frozenset({"layer_norm_forward", "layer_norm_backward", "attention_softmax_",
-                         "attention_softmax_backward_", "rotate_"})  # fmt: skip
-VIEW_KERNELS = frozenset({"rotate_"})  # these take strided views too (the heads inside a fused qkv array)
+                         "attention_softmax_backward_", "rotate_", "rms_norm_forward",
+                         "rms_norm_backward"})  # fmt: skip
+VIEW_KERNELS = frozenset({"rotate_", "rms_norm_forward", "rms_norm_backward"})  # strided views too (q, k heads)
 
 
 def runs_on(name: str, size: int) -> bool:
@@ -241,6 +242,42 @@ if AVAILABLE:
                     out[r, t, h, i] = x1 * c - x2 * s
                     out[r, t, h, i + half] = x2 * c + x1 * s
 
+    @njit(cache=True, fastmath=True)
+    def _rms_norm_forward_loop(x, w, eps, y, xhat, rstd):
+        """Rows x[r, t, h] (any strides) -> xhat = x * rstd, y = xhat * w, rstd = 1 / sqrt(mean(x^2) + eps).
+
+        Serial, as rotate: the rows are short (a head, or the default run's 128 channels).
+        """
+        n_r, n_t, n_h, c = x.shape
+        for rt in range(n_r * n_t):
+            r, t = rt // n_t, rt % n_t
+            for h in range(n_h):
+                ss = 0.0
+                for j in range(c):
+                    ss += x[r, t, h, j] * x[r, t, h, j]
+                s = 1.0 / math.sqrt(ss / c + eps)
+                rstd[r, t, h] = s
+                for j in range(c):
+                    xh = x[r, t, h, j] * s
+                    xhat[r, t, h, j] = xh
+                    y[r, t, h, j] = xh * w[j]
+
+    @njit(cache=True, fastmath=True)
+    def _rms_norm_backward_loop(gy, xhat, rstd, w, gx, gw):
+        """gx = rstd (gy w - xhat mean(gy w xhat)) per row; gw (float64) += sum over rows of gy xhat."""
+        n_r, n_t, n_h, c = gy.shape
+        for rt in range(n_r * n_t):
+            r, t = rt // n_t, rt % n_t
+            for h in range(n_h):
+                proj = 0.0
+                for j in range(c):
+                    proj += gy[r, t, h, j] * w[j] * xhat[r, t, h, j]
+                proj /= c
+                s = rstd[r, t, h]
+                for j in range(c):
+                    gx[r, t, h, j] = s * (gy[r, t, h, j] * w[j] - xhat[r, t, h, j] * proj)
+                    gw[j] += gy[r, t, h, j] * xhat[r, t, h, j]
+
     @_jit_exact
     def _adamw_loop(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt):
         """One AdamW step in place on flat arrays (torch.optim.AdamW's formula)."""
@@ -299,12 +336,25 @@ if AVAILABLE:
         """out (R, T, H, hs) <- x (R, T, H, hs) rotated by RoPE tables cos, sin (T, hs/2); views allowed, no overlap."""
         _rotate_loop(x, cos, sin, out)
 
+    def rms_norm_forward(x, w, eps: float):
+        """Rows of x (R, T, H, C), any strides -> (y, xhat) C-contiguous (R, T, H, C) and rstd (R, T, H)."""
+        y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:3], x.dtype)
+        _rms_norm_forward_loop(x, w, eps, y, xhat, rstd)
+        return y, xhat, rstd
+
+    def rms_norm_backward(gy, xhat, rstd, w):
+        """(gx (R, T, H, C) C-contiguous, gw (C,)) from gy, xhat (R, T, H, C), rstd (R, T, H) and w (C,)."""
+        gx, gw = np.empty(gy.shape, gy.dtype), np.zeros(gy.shape[-1], np.float64)
+        _rms_norm_backward_loop(gy, xhat, rstd, w, gx, gw)
+        return gx, gw.astype(gy.dtype)
+
     def adamw_(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt) -> None:
         """One AdamW step in place on C-contiguous arrays of one shape (grad is only read)."""
         flat = [a.reshape(-1) for a in (param, grad, exp_avg, exp_avg_sq)]  # views: the arrays are contiguous
         _adamw_loop(*flat, lr, beta1, beta2, eps, weight_decay, bias_c1, bias_c2_sqrt)
 
     KERNELS = {f.__name__: f for f in (gelu_forward, gelu_backward, layer_norm_forward, layer_norm_backward,
-                                       attention_softmax_, attention_softmax_backward_, rotate_, adamw_)}
+                                       attention_softmax_, attention_softmax_backward_, rotate_, rms_norm_forward,
+                                       rms_norm_backward, adamw_)}
 else:
     KERNELS = {}

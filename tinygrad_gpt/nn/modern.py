@@ -29,8 +29,21 @@ def _einsum(subscripts: str, a, b):
     return xp.einsum(subscripts, a, b)
 
 
+def _rows4(x):
+    """x (..., C) as (R, T, H, C) for the numba row kernels: 4-D arrays as they are (views of heads too),
+    C-contiguous ones reshaped; None otherwise."""
+    if x.ndim == 4:
+        return x
+    return x.reshape(-1, 1, 1, x.shape[-1]) if x.ndim >= 1 and x.flags.c_contiguous else None
+
+
 def _rms_norm_forward(x, w, eps: float):
     """[..., C], [C] -> y = xhat * w, xhat = x * rstd, rstd = 1 / sqrt(mean(x^2) + eps) [..., 1]."""
+    k = kernels.find("rms_norm_forward", x, w)
+    x4 = _rows4(x) if k else None
+    if x4 is not None:
+        y, xhat, rstd = k(x4, w, eps)
+        return y.reshape(x.shape), xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1)
     xp = backend.get_array_module(x)
     ms = _einsum("...i,...i->...", x, x)[..., None]  # sum of squares without an (..., C) temporary
     ms *= 1.0 / x.shape[-1]
@@ -45,6 +58,11 @@ def _rms_norm_forward(x, w, eps: float):
 def _rms_norm_backward(gy, xhat, rstd, w, needs_w: bool = True):
     """Gradients w.r.t. x and w of y = (x * rstd) * w, from the saved xhat and rstd."""
     C = gy.shape[-1]
+    k = kernels.find("rms_norm_backward", gy, xhat, rstd, w)
+    gy4, xhat4 = (_rows4(gy), _rows4(xhat)) if k else (None, None)
+    if gy4 is not None and xhat4 is not None:
+        gx, gw = k(gy4, xhat4, rstd.reshape(xhat4.shape[:3]), w)
+        return gx.reshape(gy.shape), gw if needs_w else None
     gw = None
     if needs_w:  # summed over every row
         gw = _einsum("ni,ni->i", gy.reshape(-1, C), xhat.reshape(-1, C)).astype(gy.dtype, copy=False)
