@@ -337,13 +337,19 @@ if AVAILABLE:
         _rotate_loop(x, cos, sin, out)
 
     def rms_norm_forward(x, w, eps: float):
-        """Rows of x (R, T, H, C), any strides -> (y, xhat) C-contiguous (R, T, H, C) and rstd (R, T, H)."""
+        """Rows of x (R, T, H, C), any strides -> (y, xhat) C-contiguous (R, T, H, C) and rstd (R, T, H).
+
+        A strided view (the q or k heads of a fused qkv) is copied to contiguous rows first: numba vectorises
+        only loops over rows it knows to be contiguous (medium's q heads: 0.27 ms with the copy, 0.79 without).
+        """
+        x = np.ascontiguousarray(x)
         y, xhat, rstd = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype), np.empty(x.shape[:3], x.dtype)
         _rms_norm_forward_loop(x, w, eps, y, xhat, rstd)
         return y, xhat, rstd
 
     def rms_norm_backward(gy, xhat, rstd, w):
         """(gx (R, T, H, C) C-contiguous, gw (C,)) from gy, xhat (R, T, H, C), rstd (R, T, H) and w (C,)."""
+        gy, xhat = np.ascontiguousarray(gy), np.ascontiguousarray(xhat)  # as in rms_norm_forward
         gx, gw = np.empty(gy.shape, gy.dtype), np.zeros(gy.shape[-1], np.float64)
         _rms_norm_backward_loop(gy, xhat, rstd, w, gx, gw)
         return gx, gw.astype(gy.dtype)
