@@ -135,6 +135,9 @@ def test_find_gives_the_kernel_only_for_arrays_it_was_written_for(monkeypatch):
     assert kernels.find("gelu_forward", x[:, ::2]) is None, "a strided view"
     heads = np.ones((2, 8, 3, 4, 6), np.float32)  # (B, T, q/k/v, nh, hs) of a fused qkv: q's heads are a strided view
     assert kernels.find("rotate_", heads[:, :, 0], x[:8, :3], x[:8, :3], heads[:, :, 1]) is cpu.rotate_, "views ok"
+    w = np.ones(6, np.float32)
+    assert kernels.find("rms_norm_forward", heads[:, :, 0], w) is cpu.rms_norm_forward, "QK-norm reads heads in place"
+    assert kernels.find("rms_norm_backward", heads[:, :, 0], heads[:, :, 1], heads[:, :, 2, :, 0], w), "views ok"
     assert kernels.find("gelu_forward", x.astype(np.int64)) is None, "an integer array"
     assert kernels.find("gelu_forward", x.astype(np.float16)) is None, "float16 has no numba kernel"
     assert kernels.find("gelu_backward", x, x.astype(np.float64)) is None, "mixed dtypes"

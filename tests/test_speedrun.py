@@ -73,7 +73,7 @@ def test_each_group_gets_its_own_peak_rate_under_the_schedule(tmp_path, corpus):
     assert train.get_lr(config, 15, 1.0) == pytest.approx(0.55)
 
 
-def test_the_default_run_is_the_recipe_and_gpt2_char_toml_is_nanogpts(tmp_path, corpus):
+def test_the_default_run_is_the_recipe_and_gpt2_toml_is_nanogpts(tmp_path, corpus):
     config = train.make_config(*_values(f"--data {corpus} --out_dir {tmp_path} {TINY} --max_iters 20"), None)
     run = train.setup(config, None)
     assert isinstance(run.optimizer, MultiOptimizer) and config.optimizer == "muon" and config.lr_schedule == "wsd"

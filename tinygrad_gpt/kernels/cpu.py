@@ -11,10 +11,13 @@ costs more than the loop (one 128-wide LayerNorm row: about 60 us threaded, 11 u
 calls, 1-4 us serial), as in generation with a KV cache; they run on arrays of any size. The
 elementwise and optimizer kernels are threaded only (serial, numba does not vectorise them: it cannot
 tell that the output does not alias the input), so arrays below `min_size` elements take the NumPy path.
+The kernels of the speedrun options (RoPE, RMSNorm and QK-norm) are serial only: their rows are short
+and their work per element small, so threads did not pay at the sizes measured; they take strided
+views (`VIEW_KERNELS`: the q and k heads inside a fused qkv array).
 
-The public functions at the end take the signatures of their CUDA twins in cuda.py (they return
-new arrays, and those ending in `_` work in place); `KERNELS` names them for `kernels.find`. Each
-wraps a jitted loop that writes into arrays the wrapper allocates.
+The public functions at the end take the signatures of their CUDA twins in cuda.py, where one
+exists (they return new arrays, and those ending in `_` work in place); `KERNELS` names them for
+`kernels.find`. Each wraps a jitted loop that writes into arrays the wrapper allocates.
 """
 
 from __future__ import annotations
